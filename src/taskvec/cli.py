@@ -1,0 +1,155 @@
+"""The ``taskvec`` command: a thin layer over the Python API."""
+
+import sys
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .dtypes import parse_dtype
+from .errors import TaskvecError
+from .io.writer import parse_size
+from .merge import MergeOptions, MergeResult, merge_recipe
+from .methods import REQUIRED, all_methods
+from .vector import TaskVector
+from .inputs import is_task_vector
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Model merging with task vectors, streamed tensor by tensor.")
+err = Console(stderr=True)
+
+
+def friendly(fn):
+    """Turn user errors into one line and exit status 2; Ctrl-C into status 130 (nothing is left half-written)."""
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TaskvecError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+        except KeyboardInterrupt:
+            err.print("interrupted: no output was written")
+            raise typer.Exit(130)
+    return wrapper
+
+
+ShardSize = Annotated[str, typer.Option("--shard-size", help="largest output shard, e.g. 5GB, 500MB, 2GiB")]
+Workers = Annotated[Optional[int], typer.Option("--workers", "-j", help="worker threads (default: min(4, cores))")]
+Device = Annotated[str, typer.Option("--device", help="where the math runs: cpu, cuda, cuda:1")]
+ComputeDtype = Annotated[str, typer.Option("--compute-dtype", help="dtype of the math (float32 unless speed matters more)")]
+Force = Annotated[bool, typer.Option("--force", help="replace the output folder if it exists")]
+Carry = Annotated[bool, typer.Option("--carry-missing", help="copy tensors only some models have, instead of failing")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")]
+
+
+def _options(shard_size, workers, device, compute_dtype, force, carry, quiet) -> MergeOptions:
+    if workers is not None and workers < 1:
+        raise TaskvecError("--workers must be at least 1")
+    return MergeOptions(
+        shard_size=parse_size(shard_size), workers=workers, device=device,
+        compute_dtype=parse_dtype(compute_dtype, "--compute-dtype"), on_missing="carry" if carry else "error",
+        force=force, progress=not quiet,
+    )
+
+
+def _summary(result: MergeResult, quiet: bool) -> None:
+    s = result.stats
+    if not quiet:
+        rate = s.bytes_read / max(s.seconds, 1e-9) / 1e6
+        err.print(
+            f"wrote {result.path}: {s.tensors} tensors, {s.bytes_written / 1e6:,.1f} MB, read {s.bytes_read / 1e6:,.1f} MB "
+            f"in {s.seconds:.1f} s ({rate:,.0f} MB/s)", highlight=False,
+        )
+
+
+@app.command()
+@friendly
+def merge(
+    recipe: Annotated[Path, typer.Argument(help="mergekit-style YAML recipe")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output model folder")],
+    shard_size: ShardSize = "5GB", workers: Workers = None, device: Device = "cpu",
+    compute_dtype: ComputeDtype = "float32", force: Force = False, carry_missing: Carry = False, quiet: Quiet = False,
+):
+    """Run a recipe (merge_method, base_model, models, parameters) and write a Hugging Face model folder."""
+    options = _options(shard_size, workers, device, compute_dtype, force, carry_missing, quiet)
+    _summary(merge_recipe(recipe, out, options), quiet)
+
+
+def parse_scaled(arg: str) -> tuple[str, float]:
+    """``path:0.5`` -> (path, 0.5); a path without a numeric suffix has scale 1."""
+    path, sep, scale = arg.rpartition(":")
+    if sep:
+        try:
+            return path, float(scale)
+        except ValueError:
+            pass
+    return arg, 1.0
+
+
+@app.command()
+@friendly
+def apply(
+    base: Annotated[str, typer.Argument(help="base model folder, file or cached model id")],
+    vectors: Annotated[list[str], typer.Argument(help="task vectors or fine-tuned models, each as PATH or PATH:SCALE")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output model folder")],
+    out_dtype: Annotated[Optional[str], typer.Option("--out-dtype", help="dtype of the saved floats")] = None,
+    shard_size: ShardSize = "5GB", workers: Workers = None, device: Device = "cpu",
+    compute_dtype: ComputeDtype = "float32", force: Force = False, carry_missing: Carry = False, quiet: Quiet = False,
+):
+    """Task arithmetic, short form: BASE + sum of SCALE * task vector (a fine-tuned model counts as its own vector)."""
+    options = _options(shard_size, workers, device, compute_dtype, force, carry_missing, quiet)
+    total = None
+    for arg in vectors:
+        path, scale = parse_scaled(arg)
+        tv = TaskVector.load(path) if is_task_vector(path) else TaskVector.from_models(base, path)
+        total = scale * tv if total is None else total + scale * tv
+    _summary(total.apply(base, out, out_dtype=out_dtype, options=options), quiet)
+
+
+@app.command()
+@friendly
+def extract(
+    base: Annotated[str, typer.Option("--base", help="the model that was fine-tuned")],
+    finetuned: Annotated[str, typer.Option("--finetuned", help="the fine-tuned model")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="task vector folder to write")],
+    dtype: Annotated[str, typer.Option("--dtype", help="storage dtype of the deltas (float32 is exact)")] = "float32",
+    shard_size: ShardSize = "5GB", workers: Workers = None, force: Force = False, quiet: Quiet = False,
+):
+    """Store tau = finetuned - base as safetensors plus a taskvec.json manifest."""
+    options = _options(shard_size, workers, "cpu", "float32", force, False, quiet)
+    path = TaskVector.from_models(base, finetuned).save(out, dtype=dtype, options=options)
+    if not quiet:
+        err.print(f"wrote task vector {path}", highlight=False)
+
+
+@app.command()
+def methods():
+    """List the merge methods with their parameters."""
+    table = Table(title="taskvec merge methods")
+    for col in ("method", "what it does", "per-model parameters", "global parameters", "base"):
+        table.add_column(col)
+
+    def show(params):
+        return ", ".join(p.name + ("" if p.default is REQUIRED else f"={p.default}") for p in params) or "-"
+
+    for m in all_methods():
+        table.add_row(m.name, m.description, show(m.model_params), show(m.params), "required" if m.needs_base else "optional")
+    Console().print(table)
+
+
+@app.command()
+def version():
+    """Print the version."""
+    print(f"taskvec {__version__}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

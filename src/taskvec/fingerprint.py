@@ -1,0 +1,40 @@
+"""A fingerprint of a model's tensors: names, dtypes, shapes and bytes, independent of how the files are sharded.
+
+Stored task vectors record the fingerprint of the base they were extracted from, so applying one to another base
+can be flagged. It is computed while the base streams through a merge, so it costs no extra read.
+"""
+
+import hashlib
+import threading
+
+import torch
+
+PREFIX = "taskvec-fp1:"
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    raw = tensor.detach().contiguous().view(torch.uint8).reshape(-1).numpy()
+    return hashlib.blake2b(memoryview(raw), digest_size=16).hexdigest()
+
+
+class Fingerprinter:
+    """Collects per-tensor digests from worker threads; the fingerprint combines them in name order."""
+
+    def __init__(self) -> None:
+        self._lines: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        line = f"{name}\t{tensor.dtype}\t{list(tensor.shape)}\t{tensor_digest(tensor)}\n"
+        with self._lock:
+            self._lines[name] = line
+
+    def has(self, name: str) -> bool:
+        with self._lock:
+            return name in self._lines
+
+    def hexdigest(self) -> str:
+        h = hashlib.blake2b(digest_size=16)
+        for name in sorted(self._lines):
+            h.update(self._lines[name].encode())
+        return PREFIX + h.hexdigest()

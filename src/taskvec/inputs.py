@@ -1,0 +1,129 @@
+"""What a merge reads: models, stored task vectors, and differences of two models, behind one small interface.
+
+Every input answers, for one tensor name, its weights and its task vector relative to the base being merged into.
+A stored task vector is "base + delta" wherever a model is expected, and a tensor it does not store has a zero
+delta (it was skipped at extraction, e.g. an integer buffer).
+"""
+
+import json
+from pathlib import Path
+
+import torch
+
+from .errors import TaskvecError
+from .io.checkpoint import Checkpoint, TensorInfo, open_checkpoint
+
+MANIFEST = "taskvec.json"
+FORMAT = "taskvec/task-vector"
+
+
+class Input:
+    label: str
+    checkpoint: Checkpoint
+    absent_means_zero = False
+
+    def info(self, name: str) -> TensorInfo | None:
+        return self.checkpoint.tensors.get(name)
+
+    def names(self) -> list[str]:
+        return self.checkpoint.names()
+
+    def weights(self, name: str, base: torch.Tensor | None, dtype: torch.dtype, device) -> torch.Tensor:
+        raise NotImplementedError
+
+    def delta(self, name: str, base: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.checkpoint.close()
+
+
+class ModelInput(Input):
+    """A full model: its weights as stored; its task vector is weights minus base."""
+
+    def __init__(self, checkpoint: Checkpoint, label: str | None = None):
+        self.checkpoint = checkpoint
+        self.label = label or checkpoint.label
+
+    def weights(self, name, base, dtype, device):
+        return self.checkpoint.read(name).to(device=device, dtype=dtype)
+
+    def delta(self, name, base, dtype, device):
+        return self.weights(name, base, dtype, device).sub_(base)
+
+
+class StoredVectorInput(Input):
+    """A task vector saved by ``taskvec extract`` (or ``TaskVector.save``): deltas plus a manifest."""
+
+    absent_means_zero = True
+
+    def __init__(self, folder: Path, label: str | None = None):
+        self.folder = Path(folder)
+        self.manifest = read_manifest(self.folder)
+        self.checkpoint = open_checkpoint(self.folder)
+        self.label = label or str(folder)
+
+    def delta(self, name, base, dtype, device):
+        if name not in self.checkpoint:
+            return torch.zeros(base.shape, dtype=dtype, device=device)
+        return self.checkpoint.read(name).to(device=device, dtype=dtype)
+
+    def weights(self, name, base, dtype, device):
+        if base is None:
+            raise TaskvecError(f"{self.label}: a task vector has no weights of its own; give a base_model")
+        return self.delta(name, base, dtype, device).add_(base)
+
+
+class DifferenceInput(Input):
+    """finetuned - origin, computed on read: a task vector that was never written to disk."""
+
+    absent_means_zero = False
+
+    def __init__(self, finetuned: Checkpoint, origin: Checkpoint, fingerprint=None):
+        self.checkpoint = finetuned
+        self.origin = origin
+        self.fingerprint = fingerprint  # a Fingerprinter that sees every origin tensor read
+        self.label = f"({finetuned.label} - {origin.label})"
+
+    def info(self, name):
+        return self.checkpoint.tensors.get(name) if name in self.origin else None
+
+    def names(self):
+        return [n for n in self.checkpoint.names() if n in self.origin]
+
+    def delta(self, name, base, dtype, device):
+        ft = self.checkpoint.read(name).to(device=device, dtype=dtype)
+        origin = self.origin.read(name)
+        if self.fingerprint is not None:
+            self.fingerprint.add(name, origin)
+        return ft.sub_(origin.to(device=device, dtype=dtype))
+
+    def weights(self, name, base, dtype, device):
+        return self.delta(name, base, dtype, device).add_(base)
+
+    def close(self):
+        self.checkpoint.close()
+        self.origin.close()
+
+
+def is_task_vector(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def read_manifest(folder: Path) -> dict:
+    path = Path(folder) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise TaskvecError(f"{path}: unreadable task-vector manifest ({e})") from e
+    if manifest.get("format") != FORMAT:
+        raise TaskvecError(f"{path}: not a taskvec task-vector manifest (format {manifest.get('format')!r})")
+    return manifest
+
+
+def open_input(ref: str, search_dirs: tuple[Path, ...] = ()) -> Input:
+    """A model or stored task vector by path or cached model id."""
+    for candidate in [Path(ref).expanduser()] + [d / ref for d in search_dirs]:
+        if is_task_vector(candidate):
+            return StoredVectorInput(candidate, label=ref)
+    return ModelInput(open_checkpoint(ref, search_dirs), label=ref)

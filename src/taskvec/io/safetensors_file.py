@@ -1,0 +1,150 @@
+"""The safetensors format, read and written without memory maps.
+
+A safetensors file is an 8-byte little-endian header length, a JSON header (name -> dtype, shape, byte range) and
+the raw bytes. Reading a tensor is one positioned read into a fresh buffer, so a merge's resident memory is the
+tensors in flight, not the mapped files; writing streams each tensor's bytes in order, so a 5 GB shard never has to
+be held in memory (``safetensors.torch.save_file`` needs the whole shard at once).
+"""
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..dtypes import SAFETENSORS_DTYPES, SAFETENSORS_NAMES
+from ..errors import TaskvecError
+
+_MAX_HEADER = 100 * 1024 * 1024
+_ALIGN = 8
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Where one tensor lives in a safetensors file."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int  # absolute byte offset in the file
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+
+def read_header(path: Path) -> tuple[dict[str, Entry], dict[str, str]]:
+    """Parse and check a file's header: every byte range must lie inside the file (catches truncated downloads)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw_len = f.read(8)
+            if len(raw_len) < 8:
+                raise TaskvecError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
+            (header_len,) = struct.unpack("<Q", raw_len)
+            if header_len > _MAX_HEADER or 8 + header_len > size:
+                raise TaskvecError(
+                    f"{path}: not a safetensors file or truncated (header length {header_len}, file size {size})"
+                )
+            header = json.loads(f.read(header_len))
+    except OSError as e:
+        raise TaskvecError(f"{path}: cannot read ({e.strerror or e})") from e
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TaskvecError(f"{path}: corrupt safetensors header ({e})") from e
+    data_start = 8 + header_len
+    metadata = header.pop("__metadata__", None) or {}
+    entries: dict[str, Entry] = {}
+    for name, spec in header.items():
+        try:
+            dtype = SAFETENSORS_DTYPES[spec["dtype"]]
+            shape = tuple(int(d) for d in spec["shape"])
+            begin, end = (int(x) for x in spec["data_offsets"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise TaskvecError(f"{path}: tensor {name!r} has an invalid header entry {spec!r}") from e
+        expected = dtype.itemsize * _numel(shape)
+        if end - begin != expected:
+            raise TaskvecError(
+                f"{path}: tensor {name!r} claims {end - begin} bytes but dtype {spec['dtype']} and shape "
+                f"{list(shape)} need {expected}"
+            )
+        if data_start + end > size:
+            raise TaskvecError(
+                f"{path}: truncated: tensor {name!r} ends at byte {data_start + end} but the file has {size} bytes; "
+                "download or copy the file again"
+            )
+        entries[name] = Entry(dtype, shape, data_start + begin, data_start + end)
+    return entries, metadata
+
+
+def read_tensor(path: Path, entry: Entry, fd: int | None = None) -> torch.Tensor:
+    """One tensor, read with positioned reads (thread-safe on a shared descriptor)."""
+    buf = torch.empty(entry.nbytes, dtype=torch.uint8)
+    if entry.nbytes:
+        view = memoryview(buf.numpy())
+        own = fd is None
+        if own:
+            fd = os.open(path, os.O_RDONLY)
+        try:
+            done = 0
+            while done < entry.nbytes:
+                n = os.preadv(fd, [view[done:]], entry.start + done)
+                if n == 0:
+                    raise TaskvecError(f"{path}: unexpected end of file while reading a tensor; the file is truncated")
+                done += n
+        finally:
+            if own:
+                os.close(fd)
+    return buf.view(entry.dtype).reshape(entry.shape)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+class StreamingFile:
+    """Write one safetensors file whose tensor list is known up front, one tensor at a time, in header order."""
+
+    def __init__(self, path: Path, specs: list[tuple[str, torch.dtype, tuple[int, ...]]], metadata: dict[str, str]):
+        header: dict[str, object] = {"__metadata__": metadata}
+        offset = 0
+        self._order = []
+        for name, dtype, shape in specs:
+            nbytes = dtype.itemsize * _numel(shape)
+            header[name] = {"dtype": SAFETENSORS_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            self._order.append((name, dtype, shape))
+            offset += nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % _ALIGN)
+        self.path = path
+        self.total_bytes = offset
+        self._next = 0
+        self._file = open(path, "wb", buffering=0)
+        self._file.write(struct.pack("<Q", len(raw)) + raw)
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        expected_name, dtype, shape = self._order[self._next]
+        if name != expected_name or tensor.dtype != dtype or tuple(tensor.shape) != shape:
+            raise RuntimeError(
+                f"writer expected {expected_name} {dtype} {shape}, got {name} {tensor.dtype} {tuple(tensor.shape)}"
+            )
+        data = tensor.detach().to("cpu").contiguous().view(torch.uint8).reshape(-1).numpy()
+        view = memoryview(data)
+        while len(view):
+            n = self._file.write(view)
+            view = view[n:]
+        self._next += 1
+
+    def close(self) -> None:
+        if self._next != len(self._order):
+            self._file.close()
+            raise RuntimeError(f"{self.path}: closed after {self._next} of {len(self._order)} tensors")
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+    def abort(self) -> None:
+        self._file.close()

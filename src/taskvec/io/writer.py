@@ -1,0 +1,168 @@
+"""Write a model folder the way Hugging Face does -- sharded safetensors plus index -- atomically.
+
+Everything goes into a hidden temporary folder beside the target, which is renamed into place only when complete:
+a crash or Ctrl-C leaves no half-written folder that looks finished. The shard layout is fixed up front from the
+planned tensors' shapes, so each shard streams to disk tensor by tensor with large sequential writes.
+"""
+
+import json
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+import torch
+
+from ..errors import TaskvecError
+from .safetensors_file import StreamingFile
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def parse_size(text: str | int) -> int:
+    """``5GB`` -> 5_000_000_000 (decimal, as transformers reads it); ``2GiB`` is binary; a bare number is bytes."""
+    if isinstance(text, int):
+        return text
+    m = _SIZE.match(str(text))
+    unit = (m.group(2) or "").upper() if m else None
+    if not m or unit not in _UNITS:
+        raise TaskvecError(f"shard size {text!r}: use a size such as 5GB, 500MB or 2GiB")
+    size = int(float(m.group(1)) * _UNITS[unit])
+    if size <= 0:
+        raise TaskvecError(f"shard size {text!r} must be positive")
+    return size
+
+
+def prepare_target(target: Path, force: bool) -> None:
+    """Refuse to overwrite an existing output unless asked; never replace a file with a folder."""
+    if target.exists():
+        if not target.is_dir():
+            raise TaskvecError(f"{target}: exists and is not a folder; choose another output path")
+        if not force:
+            raise TaskvecError(f"{target}: output folder already exists; pass --force to replace it")
+
+
+def _plan_shards(specs: list[tuple[str, torch.dtype, tuple[int, ...]]], shard_size: int):
+    shards: list[list[tuple[str, torch.dtype, tuple[int, ...]]]] = [[]]
+    used = 0
+    for spec in specs:
+        nbytes = spec[1].itemsize * _numel(spec[2])
+        if shards[-1] and used + nbytes > shard_size:
+            shards.append([])
+            used = 0
+        shards[-1].append(spec)
+        used += nbytes
+    return shards
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+class ShardedWriter:
+    """Streams tensors, in the order given up front, into ``<prefix>.safetensors`` or numbered shards plus index."""
+
+    def __init__(
+        self,
+        target: Path,
+        specs: list[tuple[str, torch.dtype, tuple[int, ...]]],
+        shard_size: int = 5 * 10**9,
+        prefix: str = "model",
+        force: bool = False,
+        metadata: dict[str, str] | None = None,
+    ):
+        self.target = Path(target)
+        prepare_target(self.target, force)
+        self.force = force
+        self.metadata = {"format": "pt", **(metadata or {})}
+        self.tmp = self.target.parent / f".{self.target.name}.taskvec-tmp-{uuid.uuid4().hex[:8]}"
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir()
+        shards = _plan_shards(specs, shard_size)
+        n = len(shards)
+        names = [f"{prefix}.safetensors"] if n == 1 else [f"{prefix}-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        self._shards = list(zip(names, shards))
+        self._index_name = None if n == 1 else f"{prefix}.safetensors.index.json"
+        self.weight_map = {spec[0]: name for name, shard in self._shards for spec in shard}
+        self.total_size = sum(spec[1].itemsize * _numel(spec[2]) for _, shard in self._shards for spec in shard)
+        self._shard_no = -1
+        self._left_in_shard = 0
+        self._file: StreamingFile | None = None
+        self._done = False
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        while self._left_in_shard == 0:
+            self._next_shard()
+        self._file.write(name, tensor)
+        self._left_in_shard -= 1
+
+    def _next_shard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._shard_no += 1
+        if self._shard_no >= len(self._shards):
+            raise RuntimeError("more tensors written than planned")
+        name, specs = self._shards[self._shard_no]
+        self._file = StreamingFile(self.tmp / name, specs, self.metadata)
+        self._left_in_shard = len(specs)
+
+    def write_text(self, relpath: str, text: str) -> None:
+        (self.tmp / relpath).write_text(text)
+
+    def copy_file(self, source: Path, relpath: str | None = None) -> None:
+        dest = self.tmp / (relpath or source.name)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, dest)
+
+    def commit(self) -> Path:
+        """Close the last shard, write the index, and rename the folder into place."""
+        while self._shard_no < len(self._shards) - 1:  # shards with no tensors left (an empty model)
+            self._next_shard()
+        if self._left_in_shard:
+            raise RuntimeError(f"{self._left_in_shard} planned tensors were never written")
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._index_name:
+            index = {"metadata": {"total_size": self.total_size}, "weight_map": self.weight_map}
+            self.write_text(self._index_name, json.dumps(index, indent=2, sort_keys=True) + "\n")
+        _fsync_dir(self.tmp)
+        old = None
+        if self.target.exists():
+            prepare_target(self.target, self.force)
+            old = self.target.parent / f".{self.target.name}.taskvec-old-{uuid.uuid4().hex[:8]}"
+            os.rename(self.target, old)
+        os.rename(self.tmp, self.target)
+        _fsync_dir(self.target.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        self._done = True
+        return self.target
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.abort()
+            self._file = None
+        if not self._done:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> "ShardedWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or not self._done:
+            self.abort()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

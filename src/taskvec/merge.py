@@ -1,0 +1,204 @@
+"""Run a merge: validate everything from headers, plan one job per tensor, stream them through the engine.
+
+``merge_recipe`` runs a mergekit-style recipe; ``merge_inputs`` is the shared core that the ``TaskVector`` API and
+``taskvec apply`` use too.
+"""
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .dtypes import dtype_name, parse_dtype
+from .engine import Job, RunStats, execute
+from .errors import TaskvecError
+from .fingerprint import Fingerprinter
+from .inputs import Input, ModelInput, StoredVectorInput, is_task_vector, open_input
+from .io.checkpoint import Checkpoint, open_checkpoint
+from .io.model_folder import copy_aux_files, model_card
+from .io.writer import ShardedWriter, prepare_target
+from .methods import REQUIRED, MergeMethod
+from .plan import TensorPlan, plan_tensors
+from .recipe import Recipe, load_recipe, validate_recipe
+from .settings import count_layers, evaluate, position
+
+
+@dataclass
+class MergeOptions:
+    """How to run a merge (never what it computes, except ``compute_dtype``)."""
+
+    shard_size: int = 5 * 10**9
+    workers: int | None = None
+    device: str = "cpu"
+    compute_dtype: torch.dtype = torch.float32
+    on_missing: str = "error"  # or "carry"
+    force: bool = False
+    progress: bool = True
+
+
+@dataclass
+class MergeResult:
+    path: Path
+    stats: RunStats
+    warnings: list[str] = field(default_factory=list)
+
+
+def merge_recipe(recipe: Recipe | str | Path, out: str | Path, options: MergeOptions | None = None) -> MergeResult:
+    """Run a recipe (a parsed ``Recipe`` or a YAML path) and write a model folder at ``out``."""
+    options = options or MergeOptions()
+    search: tuple[Path, ...] = ()
+    if not isinstance(recipe, Recipe):
+        search = (Path(recipe).resolve().parent,)
+        recipe = load_recipe(recipe)
+    method = validate_recipe(recipe)
+    prepare_target(Path(out), options.force)
+    base = None
+    if recipe.base_model:
+        if any(is_task_vector(d / recipe.base_model) for d in (Path("."),) + search):
+            raise TaskvecError(f"base_model {recipe.base_model}: is a task vector; the base must be a model")
+        base = open_checkpoint(recipe.base_model, search)
+    specs = [s for s in recipe.models if method.inputs == "weights" or s.model != recipe.base_model]
+    inputs = [open_input(s.model, search) for s in specs]
+    if base is None and any(isinstance(i, StoredVectorInput) for i in inputs):
+        raise TaskvecError(f"{method.name}: a task vector among 'models' needs a base_model to be added to")
+    tokenizer_folder = None
+    if recipe.tokenizer_source not in (None, "base"):
+        tokenizer_folder = open_checkpoint(recipe.tokenizer_source, search).folder
+    out_dtype = recipe.out_dtype or recipe.dtype
+    try:
+        return merge_inputs(
+            base, inputs, method, [s.parameters or {} for s in specs], recipe.parameters or {}, Path(out), options,
+            out_dtype=parse_dtype(out_dtype) if out_dtype else None,
+            card=model_card([i.label for i in inputs] + ([base.label] if base else []), method.name, recipe.to_yaml()),
+            tokenizer_folder=tokenizer_folder,
+        )
+    finally:
+        for inp in inputs:
+            inp.close()
+        if base is not None:
+            base.close()
+
+
+def merge_inputs(
+    base: Checkpoint | None,
+    inputs: list[Input],
+    method: MergeMethod,
+    model_settings: list[dict[str, Any]],
+    global_settings: dict[str, Any],
+    out: Path,
+    options: MergeOptions,
+    out_dtype: torch.dtype | None = None,
+    card: str | None = None,
+    tokenizer_folder: Path | None = None,
+) -> MergeResult:
+    """Merge ``inputs`` into ``base`` with ``method``; settings are recipe-style (scalars, gradients, filters)."""
+    device = _device(options.device)
+    _refuse_overwriting_inputs(out, [base] if base else [], inputs)
+    plans = plan_tensors(base, inputs, out_dtype, options.on_missing)
+    reference = base if base is not None else inputs[0].checkpoint
+    num_layers = count_layers(reference.names(), reference.config())
+    resolved = {
+        p.name: resolve_parameters(method, p.name, position(p.name, num_layers), model_settings, global_settings, inputs)
+        for p in plans if p.merge
+    }
+    expected = {i.manifest.get("base", {}).get("fingerprint") for i in inputs if isinstance(i, StoredVectorInput)}
+    expected.discard(None)
+    fingerprint = Fingerprinter() if expected and base is not None else None
+    needs_base = base is not None and (
+        method.needs_base or fingerprint is not None or not all(type(i) is ModelInput for i in inputs)
+    )
+
+    def read_base(name: str) -> torch.Tensor:
+        t = base.read(name)
+        if fingerprint is not None:
+            fingerprint.add(name, t)
+        return t
+
+    def job(plan: TensorPlan) -> Job:
+        def run() -> torch.Tensor:
+            if not plan.merge:
+                src = read_base(plan.name) if plan.copy_from is base else plan.copy_from.read(plan.name)
+                return src.to(plan.out_dtype)
+            cd = options.compute_dtype
+            b = None
+            if needs_base:
+                b = read_base(plan.name).to(device=device, dtype=cd)
+            model_params, params = resolved[plan.name]
+            if method.inputs == "deltas":
+                xs = [inp.delta(plan.name, b, cd, device) for inp in inputs]
+                merged = method.fn(b, xs, model_params, params).add_(b)
+            else:
+                xs = [inp.weights(plan.name, b, cd, device) for inp in inputs]
+                merged = method.fn(b, xs, model_params, params)
+            return check_finite(plan.name, merged.to(plan.out_dtype), inputs).cpu()
+
+        return Job(plan.name, plan.shape, plan.out_dtype, plan.read_bytes, run)
+
+    specs = [(p.name, p.out_dtype, p.shape) for p in plans]
+    with ShardedWriter(out, specs, options.shard_size, force=options.force) as writer:
+        copy_aux_files(writer, reference.folder, tokenizer_folder, dtype_name(out_dtype) if out_dtype else None)
+        if card:
+            writer.write_text("README.md", card)
+        stats = execute([job(p) for p in plans], writer, options.workers, label=method.name, progress=options.progress)
+        notes = []
+        if fingerprint is not None and fingerprint.hexdigest() not in expected:
+            notes.append(
+                f"the task vector(s) were extracted from a base with fingerprint {', '.join(sorted(expected))}, but "
+                f"{base.label} has {fingerprint.hexdigest()}: the result is meaningful only if it is the same model "
+                "(e.g. the same weights in another dtype)"
+            )
+            warnings.warn(notes[-1])
+        path = writer.commit()
+    return MergeResult(path, stats, notes)
+
+
+def resolve_parameters(method, name, t, model_settings, global_settings, inputs):
+    """Per-model and global parameter values for one tensor: model setting, then top-level setting, then default."""
+    def value(param, settings: dict, model: str | None):
+        v = evaluate(settings.get(param.name), name, t)
+        if v is None and settings is not global_settings:
+            v = evaluate(global_settings.get(param.name), name, t)
+        if v is None:
+            if param.default is REQUIRED:
+                who = f" for {model}" if model else ""
+                raise TaskvecError(
+                    f"{method.name}: parameter {param.name!r} has no value{who} at tensor {name!r}; set it under the "
+                    "model's parameters or the top-level parameters (a filter list needs a final entry without filter)"
+                )
+            return param.default
+        return param.coerce(v, f"{method.name}: {param.name} at tensor {name!r}")
+
+    params = {p.name: value(p, global_settings, None) for p in method.params}
+    model_params = [
+        {p.name: value(p, settings, inp.label) for p in method.model_params}
+        for settings, inp in zip(model_settings, inputs)
+    ]
+    return model_params, params
+
+
+def check_finite(name: str, tensor: torch.Tensor, inputs: list[Input]) -> torch.Tensor:
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise TaskvecError(
+            f"tensor {name!r}: the merged result has {bad} non-finite value(s) (inf or nan), from non-finite inputs "
+            f"or an overflow in the output dtype {dtype_name(tensor.dtype)}; check the inputs ({', '.join(i.label for i in inputs)}), "
+            "the weights, or use out_dtype float32 or bfloat16"
+        )
+    return tensor
+
+
+def _device(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TaskvecError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
+    return device
+
+
+def _refuse_overwriting_inputs(out: Path, checkpoints: list[Checkpoint], inputs: list[Input]) -> None:
+    target = out.resolve()
+    folders = [c.folder for c in checkpoints] + [getattr(i, "folder", None) or i.checkpoint.folder for i in inputs]
+    for folder in folders:
+        if folder is not None and (target == folder.resolve() or target in folder.resolve().parents):
+            raise TaskvecError(f"{out}: is an input folder or contains one; write the merge somewhere else")

@@ -1,0 +1,144 @@
+"""Recipes in mergekit's YAML schema, checked in full before any tensor is read.
+
+Supported: ``merge_method``, ``base_model``, ``models: [{model, parameters}]``, top-level ``parameters``, ``dtype``
+(the dtype mergekit computes in; here it sets the output dtype unless ``out_dtype`` does -- taskvec always computes
+in float32 unless told otherwise), ``out_dtype``, ``tokenizer_source`` (``base`` or a model), per-parameter
+``filter`` lists and layer gradients. ``slices`` and ``modules`` (frankenmerges) are refused with a clear message.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .dtypes import parse_dtype
+from .errors import TaskvecError
+from .methods import MergeMethod, get_method
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    parameters: dict[str, Any] | None = None
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    merge_method: str
+    base_model: str | None = None
+    models: list[ModelSpec] | None = None
+    parameters: dict[str, Any] | None = None
+    dtype: str | None = None
+    out_dtype: str | None = None
+    tokenizer_source: str | None = None
+    # mergekit fields we recognise only to refuse them clearly
+    slices: Any = None
+    modules: Any = None
+    tokenizer: Any = None
+    chat_template: str | None = None
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(exclude_none=True), sort_keys=False)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise TaskvecError(f"{path}: cannot read recipe ({e.strerror or e})") from e
+    except yaml.YAMLError as e:
+        raise TaskvecError(f"{path}: invalid YAML: {e}") from e
+    return parse_recipe(data, str(path))
+
+
+def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
+    if not isinstance(data, dict):
+        raise TaskvecError(f"{source}: a recipe is a YAML mapping with merge_method, base_model and models")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "recipe"
+        if err["type"] == "extra_forbidden":
+            raise TaskvecError(f"{source}: unknown field {where!r}") from e
+        if err["type"] == "missing":
+            raise TaskvecError(f"{source}: missing required field {where!r}") from e
+        raise TaskvecError(f"{source}: field {where!r}: {err['msg']}") from e
+    validate_recipe(recipe, source)
+    return recipe
+
+
+def validate_recipe(recipe: Recipe, source: str = "recipe") -> MergeMethod:
+    """Everything that can be checked without opening a file: method, parameters, their shapes, dtypes."""
+    for field, what in (("slices", "slices (layer-range merges)"), ("modules", "modules"), ("tokenizer", "tokenizer")):
+        if getattr(recipe, field) is not None:
+            raise TaskvecError(f"{source}: {what} are not supported yet; list whole models under 'models'")
+    if recipe.chat_template is not None:
+        raise TaskvecError(f"{source}: chat_template is not supported yet; edit tokenizer_config.json after merging")
+    if recipe.tokenizer_source == "union":
+        raise TaskvecError(f"{source}: tokenizer_source 'union' is not supported yet; use 'base' or a model path")
+    method = get_method(recipe.merge_method)
+    if not recipe.models:
+        raise TaskvecError(f"{source}: 'models' must list at least one model")
+    if method.needs_base and not recipe.base_model:
+        raise TaskvecError(f"{source}: merge_method {method.name} needs a base_model (task vectors are model - base)")
+    inputs = [m for m in recipe.models if m.model != recipe.base_model]
+    if len(inputs) < method.min_models:
+        raise TaskvecError(f"{source}: {method.name} needs at least {method.min_models} model(s) besides the base")
+    for i, spec in enumerate(recipe.models):
+        if "+" in spec.model and not Path(spec.model).exists():
+            raise TaskvecError(f"{source}: models[{i}].model {spec.model!r}: 'model+lora' references are not supported yet")
+    for field in ("dtype", "out_dtype"):
+        if getattr(recipe, field) is not None:
+            parse_dtype(getattr(recipe, field), f"{source}: {field}")
+
+    global_names = {p.name for p in method.params}
+    model_names = {p.name for p in method.model_params}
+    known = global_names | model_names | set(method.ignored)
+    for key, setting in (recipe.parameters or {}).items():
+        where = f"{source}: parameters.{key}"
+        if key not in known:
+            raise TaskvecError(f"{where}: {method.name} has no parameter {key!r}; it takes {_names(method)}")
+        _check_setting(setting, where, method.param(key))
+    for i, spec in enumerate(recipe.models):
+        for key, setting in (spec.parameters or {}).items():
+            where = f"{source}: models[{i}].parameters.{key}"
+            if key in global_names:
+                raise TaskvecError(f"{where}: {key!r} applies to the whole merge; move it to the top-level 'parameters'")
+            if key not in known:
+                raise TaskvecError(f"{where}: {method.name} has no parameter {key!r}; it takes {_names(method)}")
+            _check_setting(setting, where, method.param(key))
+    return method
+
+
+def _names(method: MergeMethod) -> str:
+    names = [p.name for p in method.params + method.model_params]
+    return ", ".join(names) if names else "no parameters"
+
+
+def _check_setting(setting: Any, where: str, param) -> None:
+    """A scalar, a gradient (list of scalars) or a list of {filter, value} conditions."""
+    if isinstance(setting, dict):
+        setting = [setting]
+    values = [setting]
+    if isinstance(setting, list):
+        if not setting:
+            raise TaskvecError(f"{where}: an empty list is not a value")
+        if all(isinstance(x, dict) for x in setting):
+            values = []
+            for cond in setting:
+                extra = set(cond) - {"filter", "value"}
+                if extra or "value" not in cond:
+                    raise TaskvecError(f"{where}: each condition is {{filter: <substring>, value: <value>}}, got {cond!r}")
+                if cond.get("filter") is not None and not isinstance(cond["filter"], str):
+                    raise TaskvecError(f"{where}: filter must be a string, got {cond['filter']!r}")
+                _check_setting(cond["value"], where, param)
+            return
+        values = setting
+    for v in values:
+        if isinstance(v, (dict, list)) or v is None:
+            raise TaskvecError(f"{where}: expected a value, a gradient list or {{filter, value}} conditions, got {v!r}")
+        if param is not None:
+            param.coerce(v, where)

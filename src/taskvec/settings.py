@@ -1,0 +1,58 @@
+"""Per-tensor parameter values, as mergekit recipes write them.
+
+A setting is a scalar; a *gradient* -- a list of numbers interpolated linearly over the layers, from the first
+layer (position 0) to the last (position 1); or a list of ``{filter, value}`` conditions where the first whose
+``filter`` is a substring of the tensor name (or is missing or ``*``) wins. Tensors outside the numbered layers sit
+at position 0 when they are embeddings and at position 1 otherwise (final norm, output head, pooler), as mergekit
+places its pre- and post-layer weights.
+"""
+
+import re
+from typing import Any
+
+_LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
+_EMBED = re.compile(r"embed|(?:^|\.)wte\.|(?:^|\.)wpe\.")
+
+
+def layer_index(name: str) -> int | None:
+    """The transformer block a tensor belongs to, from its name (``model.layers.7.mlp...`` -> 7)."""
+    m = _LAYER.search(name)
+    return int(m.group(1)) if m else None
+
+
+def count_layers(names: list[str], config: dict | None) -> int:
+    """Number of blocks: from config.json when it says, else from the tensor names."""
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if config and isinstance(config.get(key), int):
+            return config[key]
+    found = [i for i in map(layer_index, names) if i is not None]
+    return max(found) + 1 if found else 0
+
+
+def position(name: str, num_layers: int) -> float:
+    """Where a tensor sits for gradients: 0 at the first layer or the embeddings, 1 at the last layer or the head."""
+    idx = layer_index(name)
+    if idx is None:
+        return 0.0 if _EMBED.search(name) else 1.0
+    return idx / (num_layers - 1) if num_layers > 1 else 1.0
+
+
+def evaluate(setting: Any, tensor_name: str, t: float) -> Any:
+    """The value a setting takes for one tensor, or None when no condition matches."""
+    if setting is None or isinstance(setting, (bool, int, float, str)):
+        return setting
+    if isinstance(setting, dict):  # a single {filter, value} condition
+        setting = [setting]
+    if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in setting):
+        scaled = t * (len(setting) - 1)
+        i0 = int(scaled)
+        i1 = min(len(setting) - 1, i0 + 1)
+        frac = scaled - i0
+        return (1 - frac) * setting[i0] + frac * setting[i1]
+    if all(isinstance(x, (bool, int, float, str)) for x in setting):
+        return setting[int(t * (len(setting) - 1))]
+    for cond in setting:
+        f = cond.get("filter")
+        if f is None or f == "*" or f in tensor_name:
+            return evaluate(cond["value"], tensor_name, t)
+    return None

@@ -1,0 +1,262 @@
+"""Task vectors as lazy expressions: build with + - * and evaluate by streaming, tensor by tensor.
+
+    tv = TaskVector.from_models("base", "finetuned")     # opens nothing yet
+    (0.5 * tv_a + tv_b).apply("base", "out/")            # one streaming pass, one folder
+    (tv_c + (tv_b - tv_a)).save("analogy.tv")            # a stored task vector: deltas + manifest
+
+An expression is a linear combination of terms; each term is "finetuned minus its base" or a stored task vector.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .dtypes import dtype_name, parse_dtype
+from .engine import Job, execute
+from .errors import TaskvecError
+from .fingerprint import Fingerprinter
+from .inputs import FORMAT, MANIFEST, DifferenceInput, Input, ModelInput, StoredVectorInput, is_task_vector
+from .io.checkpoint import open_checkpoint
+from .io.writer import ShardedWriter, prepare_target
+from .merge import MergeOptions, MergeResult, check_finite, merge_inputs
+from .methods import get_method
+from .io.model_folder import model_card
+
+
+@dataclass(frozen=True)
+class _Difference:
+    finetuned: str
+    base: str
+
+    def __str__(self) -> str:
+        return f"({self.finetuned} - {self.base})"
+
+
+@dataclass(frozen=True)
+class _Stored:
+    path: str
+
+    def __str__(self) -> str:
+        return self.path
+
+
+class TaskVector:
+    """sum_i c_i * tau_i, not evaluated until ``apply`` or ``save``."""
+
+    def __init__(self, terms: dict):
+        self.terms: dict = dict(terms)
+
+    @classmethod
+    def from_models(cls, base: str | Path, finetuned: str | Path) -> "TaskVector":
+        """tau = finetuned - base (nothing is read until evaluation)."""
+        if is_task_vector(finetuned):
+            return cls.load(finetuned)
+        return cls({_Difference(str(finetuned), str(base)): 1.0})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TaskVector":
+        """A task vector stored by ``taskvec extract`` or ``save``."""
+        if not is_task_vector(path):
+            raise TaskvecError(f"{path}: not a task vector folder (no {MANIFEST}); extract one with `taskvec extract`")
+        return cls({_Stored(str(path)): 1.0})
+
+    def __add__(self, other: "TaskVector") -> "TaskVector":
+        if not isinstance(other, TaskVector):
+            return NotImplemented
+        terms = dict(self.terms)
+        for term, coef in other.terms.items():
+            terms[term] = terms.get(term, 0.0) + coef
+        return TaskVector(terms)
+
+    def __mul__(self, scale: float) -> "TaskVector":
+        if not isinstance(scale, (int, float)) or isinstance(scale, bool):
+            return NotImplemented
+        return TaskVector({t: c * float(scale) for t, c in self.terms.items()})
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, scale: float) -> "TaskVector":
+        return self * (1.0 / scale)
+
+    def __neg__(self) -> "TaskVector":
+        return self * -1.0
+
+    def __sub__(self, other: "TaskVector") -> "TaskVector":
+        return self + (-other)
+
+    def __repr__(self) -> str:
+        return " + ".join(f"{c:g} * {t}" for t, c in self.terms.items()) or "0"
+
+    def _inputs(self, apply_base: str | None = None, fingerprints: dict | None = None) -> list[Input]:
+        inputs: list[Input] = []
+        for term in self.terms:
+            if isinstance(term, _Stored):
+                inputs.append(StoredVectorInput(Path(term.path), label=term.path))
+            elif apply_base is not None and _same(term.base, apply_base):
+                inputs.append(ModelInput(open_checkpoint(term.finetuned)))
+            else:
+                fp = fingerprints.setdefault(term.base, Fingerprinter()) if fingerprints is not None else None
+                inputs.append(DifferenceInput(open_checkpoint(term.finetuned), open_checkpoint(term.base), fp))
+        return inputs
+
+    def apply(self, base: str | Path, out: str | Path, *, out_dtype: str | None = None,
+              options: MergeOptions | None = None) -> MergeResult:
+        """Write base + this task vector as a model folder."""
+        options = options or MergeOptions()
+        prepare_target(Path(out), options.force)
+        base_ckpt = open_checkpoint(base)
+        inputs = self._inputs(apply_base=str(base))
+        try:
+            coefs = list(self.terms.values())
+            recipe = f"# taskvec apply\nbase_model: {base}\nexpression: {self!r}\n"
+            return merge_inputs(
+                base_ckpt, inputs, get_method("task_arithmetic"), [{"weight": c} for c in coefs], {}, Path(out),
+                options, out_dtype=parse_dtype(out_dtype) if out_dtype else None,
+                card=model_card([str(base)] + [str(t) for t in self.terms], "task_arithmetic", recipe),
+            )
+        finally:
+            base_ckpt.close()
+            for inp in inputs:
+                inp.close()
+
+    def save(self, out: str | Path, *, dtype: str = "float32", options: MergeOptions | None = None) -> Path:
+        """Evaluate the expression and store it as a task vector (deltas as safetensors plus a JSON manifest)."""
+        options = options or MergeOptions()
+        prepare_target(Path(out), options.force)
+        store_dtype = parse_dtype(dtype, "task vector dtype")
+        fingerprints: dict[str, Fingerprinter] = {}
+        inputs = self._inputs(fingerprints=fingerprints)
+        try:
+            return self._save(inputs, Path(out), store_dtype, fingerprints, options)
+        finally:
+            for inp in inputs:
+                inp.close()
+
+    def _save(self, inputs, out, store_dtype, fingerprints, options) -> Path:
+        coefs = list(self.terms.values())
+        shapes: dict[str, tuple[int, ...]] = {}
+        read_bytes: dict[str, int] = {}
+        skipped: dict[str, str] = {}
+        for inp in inputs:
+            if isinstance(inp, StoredVectorInput):
+                skipped.update({s["tensor"]: s["reason"] for s in inp.manifest.get("skipped", [])})
+            else:
+                skipped.update(_difference_skips(inp))
+            for name in inp.names():
+                info = inp.info(name)
+                if name in skipped and not isinstance(inp, StoredVectorInput):
+                    continue
+                if name in shapes and shapes[name] != info.shape:
+                    raise TaskvecError(f"tensor {name!r}: shape {list(info.shape)} in {info.file} but "
+                                       f"{list(shapes[name])} elsewhere in the expression")
+                shapes[name] = info.shape
+                read_bytes[name] = read_bytes.get(name, 0) + info.nbytes * (2 if isinstance(inp, DifferenceInput) else 1)
+        for name in shapes:
+            skipped.pop(name, None)
+        device = torch.device(options.device)
+
+        def job(name: str) -> Job:
+            def run() -> torch.Tensor:
+                acc = None
+                for c, inp in zip(coefs, inputs):
+                    if inp.info(name) is None:
+                        continue
+                    d = inp.delta(name, None, options.compute_dtype, device)
+                    acc = d.mul_(c) if acc is None else acc.add_(d, alpha=c)
+                return check_finite(name, acc.to(store_dtype), inputs).cpu()
+
+            return Job(name, shapes[name], store_dtype, read_bytes[name], run)
+
+        specs = [(n, store_dtype, shapes[n]) for n in shapes]
+        with ShardedWriter(out, specs, options.shard_size, prefix="task_vector", force=options.force) as writer:
+            stats = execute([job(n) for n in shapes], writer, options.workers, "extract", options.progress)
+            manifest = self._manifest(inputs, fingerprints, store_dtype, specs, skipped, stats)
+            writer.write_text(MANIFEST, json.dumps(manifest, indent=2) + "\n")
+            writer.write_text("README.md", _vector_card(manifest))
+            return writer.commit()
+
+    def _manifest(self, inputs, fingerprints, store_dtype, specs, skipped, stats) -> dict:
+        for inp in inputs:  # complete each base's fingerprint with tensors the deltas did not need
+            if isinstance(inp, DifferenceInput):
+                for name in inp.origin.names():
+                    if not inp.fingerprint.has(name):
+                        inp.fingerprint.add(name, inp.origin.read(name))
+        prints = {fp.hexdigest() for fp in fingerprints.values()}
+        prints |= {i.manifest.get("base", {}).get("fingerprint") for i in inputs if isinstance(i, StoredVectorInput)}
+        first = inputs[0]
+        if isinstance(first, DifferenceInput):
+            origin = first.origin
+            base_info = {"ref": origin.label, "num_parameters": origin.num_parameters(),
+                         **_architecture(origin.config())}
+            finetuned = [i.checkpoint.label for i in inputs if isinstance(i, DifferenceInput)]
+        else:
+            base_info = dict(first.manifest.get("base", {}))
+            finetuned = first.manifest.get("finetuned", [])
+        base_info["fingerprint"] = prints.pop() if len(prints) == 1 else None
+        return {
+            "format": FORMAT,
+            "version": 1,
+            "created_by": f"taskvec {__version__}",
+            "expression": repr(self),
+            "base": base_info,
+            "finetuned": finetuned,
+            "dtype": dtype_name(store_dtype),
+            "num_tensors": len(specs),
+            "num_parameters": sum(_numel(s[2]) for s in specs),
+            "seconds": round(stats.seconds, 3),
+            "skipped": [{"tensor": n, "reason": r} for n, r in sorted(skipped.items())],
+        }
+
+
+def _difference_skips(inp: DifferenceInput) -> dict[str, str]:
+    """Tensors of a finetuned/base pair that have no task vector, and why."""
+    skips = {}
+    ft, origin = inp.checkpoint, inp.origin
+    for name in ft.names():
+        info = ft.info(name)
+        if name not in origin:
+            skips[name] = f"only in the fine-tuned model {ft.label}"
+        elif not info.dtype.is_floating_point:
+            skips[name] = f"{dtype_name(info.dtype)} tensor (ids, masks): never a task vector; applying keeps the base's"
+        elif origin.info(name).shape != info.shape:
+            raise TaskvecError(
+                f"tensor {name!r}: shape {list(info.shape)} in {info.file} but {list(origin.info(name).shape)} in "
+                f"{origin.info(name).file}; a task vector needs a model fine-tuned from this base"
+            )
+    for name in origin.names():
+        if name not in ft:
+            skips[name] = f"only in the base {origin.label}"
+    return skips
+
+
+def _architecture(config: dict | None) -> dict:
+    if not config:
+        return {}
+    return {k: config[k] for k in ("architectures", "model_type") if k in config}
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _same(a: str, b: str) -> bool:
+    pa, pb = Path(a), Path(b)
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return a == b
+
+
+def _vector_card(manifest: dict) -> str:
+    return (
+        "# Task vector\n\n"
+        f"`{manifest['expression']}`, stored as {manifest['dtype']} deltas ({manifest['num_parameters']:,} parameters "
+        f"in {manifest['num_tensors']} tensors) by {manifest['created_by']}.\n\n"
+        f"Base: `{manifest['base'].get('ref')}` (fingerprint `{manifest['base'].get('fingerprint')}`).\n\n"
+        "Apply it with `taskvec apply BASE THIS_FOLDER[:SCALE] --out DIR`, or list it under `models:` in a recipe.\n"
+    )
