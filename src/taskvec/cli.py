@@ -1,6 +1,7 @@
 """The ``taskvec`` command: a thin layer over the Python API."""
 
 import sys
+import warnings
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Optional
@@ -20,6 +21,13 @@ from .inputs import is_task_vector
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Model merging with task vectors, streamed tensor by tensor.")
 err = Console(stderr=True)
+
+
+def _one_line_warning(message, category, filename, lineno, line=None):
+    return f"warning: {message}\n"
+
+
+warnings.formatwarning = _one_line_warning
 
 
 def friendly(fn):

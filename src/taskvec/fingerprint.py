@@ -13,7 +13,7 @@ PREFIX = "taskvec-fp1:"
 
 
 def tensor_digest(tensor: torch.Tensor) -> str:
-    raw = tensor.detach().contiguous().view(torch.uint8).reshape(-1).numpy()
+    raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
     return hashlib.blake2b(memoryview(raw), digest_size=16).hexdigest()
 
 

@@ -145,9 +145,9 @@ def merge_inputs(
         notes = []
         if fingerprint is not None and fingerprint.hexdigest() not in expected:
             notes.append(
-                f"the task vector(s) were extracted from a base with fingerprint {', '.join(sorted(expected))}, but "
-                f"{base.label} has {fingerprint.hexdigest()}: the result is meaningful only if it is the same model "
-                "(e.g. the same weights in another dtype)"
+                f"the task vector(s) were extracted from a base with fingerprint {', '.join(sorted(expected))}, and "
+                f"{base.label} is not that base ({fingerprint.hexdigest()}): fine for a model fine-tuned from it (adding "
+                "a colleague's skill to your model) or the same weights in another dtype, meaningless for an unrelated model"
             )
             warnings.warn(notes[-1])
         path = writer.commit()

@@ -132,7 +132,7 @@ class StreamingFile:
             raise RuntimeError(
                 f"writer expected {expected_name} {dtype} {shape}, got {name} {tensor.dtype} {tuple(tensor.shape)}"
             )
-        data = tensor.detach().to("cpu").contiguous().view(torch.uint8).reshape(-1).numpy()
+        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
         view = memoryview(data)
         while len(view):
             n = self._file.write(view)
