@@ -220,7 +220,8 @@ def resolve_hub_id(model_id: str) -> Path:
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(model_id, local_files_only=True))
+        cache_dir = os.environ.get("HF_HUB_CACHE")  # read now, not at import, so tests and wrappers can point it
+        return Path(snapshot_download(model_id, local_files_only=True, cache_dir=cache_dir))
     except (LocalEntryNotFoundError, FileNotFoundError, ValueError) as e:
         raise TaskvecError(
             f"{model_id}: not a local path, and not in the local Hugging Face cache; download it first "

@@ -1,0 +1,87 @@
+"""A merge that fails or is interrupted halfway leaves no output folder, no debris, and untouched inputs."""
+
+import dataclasses
+import hashlib
+
+import pytest
+import torch
+
+from conftest import toy_tensors, write_model
+from taskvec import MergeOptions, TaskvecError, merge_recipe, parse_recipe
+from taskvec.cli import app
+from taskvec.methods import _REGISTRY, get_method
+
+
+def digest_tree(folder):
+    return {p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def big_family(tmp_path, n_tensors=24):
+    g = torch.Generator().manual_seed(0)
+    base = {f"layers.{i}.w": torch.randn(64, 64, generator=g) for i in range(n_tensors)}
+    ft = {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in base.items()}
+    return write_model(tmp_path / "base", base, shards=3), write_model(tmp_path / "ft", ft, shards=2)
+
+
+def failing_after(n, exc):
+    """The task_arithmetic method, made to raise `exc` on its n-th tensor."""
+    method = get_method("task_arithmetic")
+    calls = {"n": 0}
+
+    def fn(*args):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise exc
+        return method.fn(*args)
+
+    return dataclasses.replace(method, fn=fn), calls
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("disk on fire"), KeyboardInterrupt()])
+def test_failure_halfway_leaves_no_output_and_inputs_untouched(tmp_path, monkeypatch, exc):
+    base, ft = big_family(tmp_path)
+    before = digest_tree(tmp_path)
+    broken, calls = failing_after(12, exc)
+    monkeypatch.setitem(_REGISTRY, "task_arithmetic", broken)
+    data = {"merge_method": "task_arithmetic", "base_model": str(base),
+            "models": [{"model": str(ft), "parameters": {"weight": 1.0}}]}
+    with pytest.raises(type(exc)):
+        merge_recipe(parse_recipe(data), tmp_path / "out", MergeOptions(progress=False, shard_size=20_000, workers=2))
+    assert calls["n"] >= 12
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "ft"]  # no temporary folder left behind
+    assert digest_tree(tmp_path) == before
+
+
+def test_failed_forced_merge_keeps_the_previous_output(tmp_path, monkeypatch):
+    base, ft = big_family(tmp_path, n_tensors=6)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("previous merge")
+    broken, _ = failing_after(3, RuntimeError("boom"))
+    monkeypatch.setitem(_REGISTRY, "task_arithmetic", broken)
+    data = {"merge_method": "task_arithmetic", "base_model": str(base),
+            "models": [{"model": str(ft), "parameters": {"weight": 1.0}}]}
+    with pytest.raises(RuntimeError, match="boom"):
+        merge_recipe(parse_recipe(data), tmp_path / "out", MergeOptions(progress=False, force=True))
+    assert (tmp_path / "out" / "keep.txt").read_text() == "previous merge"
+
+
+def test_ctrl_c_in_the_cli_exits_130_with_a_message(tmp_path, monkeypatch, cli):
+    base, ft = big_family(tmp_path, n_tensors=6)
+    broken, _ = failing_after(2, KeyboardInterrupt())
+    monkeypatch.setitem(_REGISTRY, "task_arithmetic", broken)
+    code, output = cli("apply", base, ft, "--out", tmp_path / "out", ok=False)
+    assert code == 130 and "interrupted: no output was written" in output
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_user_error_is_one_line_with_exit_status_2(tmp_path, cli):
+    code, output = cli("apply", tmp_path / "missing", tmp_path / "also-missing", "--out", tmp_path / "o", ok=False)
+    assert code == 2
+    assert output.strip().startswith("error:") and "no such file or folder" in output and "Traceback" not in output
+
+
+def test_no_such_app_command_is_rejected(cli):
+    code, _ = cli("frobnicate", ok=False)
+    assert code != 0 and app is not None
