@@ -1,9 +1,10 @@
 """Run per-tensor jobs on worker threads and write their results in planned order.
 
 Each job reads its inputs, computes one output tensor and returns it; torch and the positioned reads release the
-GIL, so threads overlap reading, math and writing. At most ``2 * workers`` results are in flight, which bounds
-memory by a few tensors whatever the model size. Results are written in the planned order, so the output is
-byte-identical whatever the number of threads.
+GIL, so threads overlap reading, math and writing. Jobs are admitted while the memory they are estimated to hold
+(inputs, scratch and result, until the result is written) fits a budget, and at most ``2 * workers`` at once; a job
+larger than the budget runs alone. So memory is bounded by a few tensors whatever the model size. Results are
+written in the planned order, so the output is byte-identical whatever the number of threads.
 """
 
 import os
@@ -26,6 +27,7 @@ class Job:
     dtype: torch.dtype  # of the output tensor
     read_bytes: int  # for progress
     run: Callable[[], torch.Tensor]
+    memory: int = 0  # peak bytes the job holds until its result is written (an estimate)
 
 
 @dataclass
@@ -40,23 +42,29 @@ def default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+DEFAULT_MEMORY_BUDGET = 512 * 2**20
+
+
 def execute(jobs: list[Job], writer: ShardedWriter, workers: int | None = None, label: str = "merge",
-            progress: bool = True) -> RunStats:
+            progress: bool = True, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> RunStats:
     workers = workers or default_workers()
     total = sum(j.read_bytes for j in jobs)
     reporter = Reporter(label, len(jobs), total, enabled=progress)
     start = time.monotonic()
     written = 0
+    held = 0  # estimated bytes of the jobs in flight
     pending: deque[tuple[Job, Future]] = deque()
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="taskvec")
     try:
-        queue = iter(jobs)
-        for job in queue:
+        for job in jobs:
+            while pending and (len(pending) >= 2 * workers or held + job.memory > memory_budget):
+                done = _write_next(pending, writer, reporter)
+                written += done.nbytes
+                held -= done.memory
             pending.append((job, pool.submit(job.run)))
-            if len(pending) >= 2 * workers:
-                written += _write_next(pending, writer, reporter)
+            held += job.memory
         while pending:
-            written += _write_next(pending, writer, reporter)
+            written += _write_next(pending, writer, reporter).nbytes
     finally:
         for _, fut in pending:
             fut.cancel()
@@ -65,11 +73,17 @@ def execute(jobs: list[Job], writer: ShardedWriter, workers: int | None = None, 
     return RunStats(len(jobs), total, written, time.monotonic() - start)
 
 
-def _write_next(pending: deque, writer: ShardedWriter, reporter: Reporter) -> int:
+@dataclass(frozen=True)
+class _Written:
+    nbytes: int
+    memory: int
+
+
+def _write_next(pending: deque, writer: ShardedWriter, reporter: Reporter) -> _Written:
     job, fut = pending.popleft()
     tensor = fut.result()
     if tensor.dtype != job.dtype or tuple(tensor.shape) != job.shape:
         raise RuntimeError(f"{job.name}: job returned {tensor.dtype} {tuple(tensor.shape)}, planned {job.dtype} {job.shape}")
     writer.write(job.name, tensor)
     reporter.advance(job.read_bytes)
-    return tensor.numel() * tensor.element_size()
+    return _Written(tensor.numel() * tensor.element_size(), job.memory)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from .dtypes import dtype_name, parse_dtype
-from .engine import Job, RunStats, execute
+from .engine import DEFAULT_MEMORY_BUDGET, Job, RunStats, execute
 from .errors import TaskvecError
 from .fingerprint import Fingerprinter
 from .inputs import Input, ModelInput, StoredVectorInput, is_task_vector, open_input
@@ -36,6 +36,7 @@ class MergeOptions:
     on_missing: str = "error"  # or "carry"
     force: bool = False
     progress: bool = True
+    memory_budget: int = DEFAULT_MEMORY_BUDGET  # bytes of tensors in flight; one bigger tensor still runs, alone
 
 
 @dataclass
@@ -127,21 +128,30 @@ def merge_inputs(
                 b = read_base(plan.name).to(device=device, dtype=cd)
             model_params, params = resolved[plan.name]
             if method.inputs == "deltas":
-                xs = [inp.delta(plan.name, b, cd, device) for inp in inputs]
-                merged = method.fn(b, xs, model_params, params).add_(b)
+                xs = (inp.delta(plan.name, b, cd, device) for inp in inputs)
             else:
-                xs = [inp.weights(plan.name, b, cd, device) for inp in inputs]
-                merged = method.fn(b, xs, model_params, params)
+                xs = (inp.weights(plan.name, b, cd, device) for inp in inputs)
+            merged = method.fn(b, xs if method.streaming else list(xs), model_params, params)
+            if method.inputs == "deltas":
+                merged = merged.add_(b)
             return check_finite(plan.name, merged.to(plan.out_dtype), inputs).cpu()
 
-        return Job(plan.name, plan.shape, plan.out_dtype, plan.read_bytes, run)
+        return Job(plan.name, plan.shape, plan.out_dtype, plan.read_bytes, run, job_memory(plan))
+
+    def job_memory(plan: TensorPlan) -> int:
+        out = _numel(plan.shape) * plan.out_dtype.itemsize
+        if not plan.merge:
+            return _numel(plan.shape) * plan.source_dtype.itemsize + out
+        held = 3 if method.streaming else len(inputs) + 2  # base, accumulator, one input -- or every input
+        return held * _numel(plan.shape) * options.compute_dtype.itemsize + out
 
     specs = [(p.name, p.out_dtype, p.shape) for p in plans]
     with ShardedWriter(out, specs, options.shard_size, force=options.force) as writer:
         copy_aux_files(writer, reference.folder, tokenizer_folder, dtype_name(out_dtype) if out_dtype else None)
         if card:
             writer.write_text("README.md", card)
-        stats = execute([job(p) for p in plans], writer, options.workers, label=method.name, progress=options.progress)
+        stats = execute([job(p) for p in plans], writer, options.workers, label=method.name, progress=options.progress,
+                        memory_budget=options.memory_budget)
         notes = []
         if fingerprint is not None and fingerprint.hexdigest() not in expected:
             notes.append(
@@ -202,3 +212,10 @@ def _refuse_overwriting_inputs(out: Path, checkpoints: list[Checkpoint], inputs:
     for folder in folders:
         if folder is not None and (target == folder.resolve() or target in folder.resolve().parents):
             raise TaskvecError(f"{out}: is an input folder or contains one; write the merge somewhere else")
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n

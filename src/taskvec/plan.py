@@ -1,7 +1,8 @@
 """Which tensors the output has, where each comes from, and whether the inputs fit -- from headers alone.
 
 Every floating tensor that the base and all inputs provide is merged. Integer and boolean tensors (position ids,
-masks) are copied from the base, never averaged. A tensor that some inputs lack is an error, unless
+masks) are copied from the base, never averaged -- also when a fine-tuned model lacks them (transformers 5 no longer
+saves ``position_ids``). A tensor that some inputs lack is an error, unless
 ``on_missing="carry"``: then it is copied from the base, or else from the first model that has it (for models with
 extra modules such as a vision tower or a reward head).
 """
@@ -51,7 +52,7 @@ def plan_tensors(
         for inp in inputs:
             info = inp.info(ref.name)
             if info is None:
-                if not inp.absent_means_zero:
+                if not inp.absent_means_zero and ref.dtype.is_floating_point:
                     lacking.append(inp)
                 continue
             if info.shape != ref.shape:

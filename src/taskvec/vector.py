@@ -168,11 +168,14 @@ class TaskVector:
                     acc = d.mul_(c) if acc is None else acc.add_(d, alpha=c)
                 return check_finite(name, acc.to(store_dtype), inputs).cpu()
 
-            return Job(name, shapes[name], store_dtype, read_bytes[name], run)
+            scratch = 3 * _numel(shapes[name]) * options.compute_dtype.itemsize  # accumulator, one delta, its base
+            return Job(name, shapes[name], store_dtype, read_bytes[name], run,
+                       scratch + _numel(shapes[name]) * store_dtype.itemsize)
 
         specs = [(n, store_dtype, shapes[n]) for n in shapes]
         with ShardedWriter(out, specs, options.shard_size, prefix="task_vector", force=options.force) as writer:
-            stats = execute([job(n) for n in shapes], writer, options.workers, "extract", options.progress)
+            stats = execute([job(n) for n in shapes], writer, options.workers, "extract", options.progress,
+                            options.memory_budget)
             manifest = self._manifest(inputs, fingerprints, store_dtype, specs, skipped, stats)
             writer.write_text(MANIFEST, json.dumps(manifest, indent=2) + "\n")
             writer.write_text("README.md", _vector_card(manifest))

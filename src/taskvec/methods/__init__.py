@@ -58,6 +58,9 @@ class MergeMethod:
     needs_base: bool = True
     min_models: int = 1
     paper: str = ""
+    # True: the method folds its inputs one at a time (a weighted sum), so it is handed an iterator and at most one
+    # input tensor is in memory at once, however many models are merged
+    streaming: bool = False
     ignored: tuple[str, ...] = field(default=())  # mergekit parameters accepted for compatibility, without effect
 
     def param(self, name: str) -> Param | None:
@@ -96,11 +99,11 @@ NORMALIZE_OFF = Param("normalize", bool, False, "divide by the sum of the weight
 NORMALIZE_ON = Param("normalize", bool, True, "divide by the sum of the weights")
 
 
-def weighted_sum(tensors: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
-    """sum_i w_i * x_i, accumulated in place in one buffer."""
-    out = torch.mul(tensors[0], weights[0])
-    for x, w in zip(tensors[1:], weights[1:]):
-        out.add_(x, alpha=w)
+def weighted_sum(tensors, weights: list[float]) -> torch.Tensor:
+    """sum_i w_i * x_i, accumulated in place in one buffer; `tensors` may be a lazy iterator."""
+    out = None
+    for x, w in zip(tensors, weights):
+        out = torch.mul(x, w) if out is None else out.add_(x, alpha=w)
     return out
 
 

@@ -21,6 +21,7 @@ register(
         model_params=(WEIGHT,),
         needs_base=False,
         paper="Wortsman et al. 2022, Model soups (arXiv:2203.05482)",
+        streaming=True,
         ignored=("int8_mask",),
     )
 )

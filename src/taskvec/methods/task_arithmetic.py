@@ -26,6 +26,7 @@ register(
         ),
         model_params=(WEIGHT,),
         paper="Ilharco et al. 2023, Editing Models with Task Arithmetic (arXiv:2212.04089)",
+        streaming=True,
         ignored=("int8_mask",),
     )
 )
