@@ -171,3 +171,22 @@ def test_progress_prints_plain_lines_when_not_a_terminal(tmp_path):
                            str(tmp_path / "out")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "task_arithmetic: 5/5 tensors" in proc.stderr and "ETA" in proc.stderr
+
+
+def test_cuda_device_without_a_gpu_is_a_clear_error_and_math_dtype_is_selectable(tmp_path):
+    base = write_model(tmp_path / "base", toy_tensors(0))
+    ft = write_model(tmp_path / "ft", toy_tensors(1))
+    if not torch.cuda.is_available():
+        with pytest.raises(TaskvecError, match="no CUDA GPU is available here; use --device cpu"):
+            run(ta_recipe(base, ft), tmp_path / "out", device="cuda")
+    else:  # the same merge on the GPU matches the CPU within float32 rounding
+        run(ta_recipe(base, ft), tmp_path / "gpu", device="cuda")
+        run(ta_recipe(base, ft), tmp_path / "cpu")
+        for k, v in read_model(tmp_path / "cpu").items():
+            torch.testing.assert_close(read_model(tmp_path / "gpu")[k], v)
+    run(ta_recipe(base, ft, weight=0.5), tmp_path / "bf16", compute_dtype=torch.bfloat16)
+    run(ta_recipe(base, ft, weight=0.5), tmp_path / "f32")
+    fast, exact = read_model(tmp_path / "bf16"), read_model(tmp_path / "f32")
+    assert fast["layers.0.w"].dtype == torch.float32  # output dtype follows the base, not the math
+    torch.testing.assert_close(fast["layers.0.w"], exact["layers.0.w"], rtol=2e-2, atol=2e-2)
+    assert not torch.equal(fast["layers.0.w"], exact["layers.0.w"])
