@@ -3,7 +3,7 @@
 import sys
 import time
 
-from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 
 class Reporter:
@@ -20,10 +20,10 @@ class Reporter:
         self._bar = None
         if enabled and self.stream.isatty():
             self._bar = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("tensors"),
-                DownloadColumn(), TimeRemainingColumn(), transient=False,
+                TextColumn("{task.description} tensors"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+                transient=False,
             )
-            self._task = self._bar.add_task(label, total=self.total_bytes)
+            self._task = self._bar.add_task(f"{label} 0/{total_tensors}", total=self.total_bytes)
             self._bar.start()
 
     def advance(self, nbytes: int) -> None:
