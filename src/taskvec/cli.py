@@ -52,15 +52,16 @@ ComputeDtype = Annotated[str, typer.Option("--compute-dtype", help="dtype of the
 Force = Annotated[bool, typer.Option("--force", help="replace the output folder if it exists")]
 Carry = Annotated[bool, typer.Option("--carry-missing", help="copy tensors only some models have, instead of failing")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")]
+Seed = Annotated[int, typer.Option("--seed", help="seed of the random drops (dare_*, della*): same seed, same output")]
 
 
-def _options(shard_size, workers, device, compute_dtype, force, carry, quiet) -> MergeOptions:
+def _options(shard_size, workers, device, compute_dtype, force, carry, quiet, seed=0) -> MergeOptions:
     if workers is not None and workers < 1:
         raise TaskvecError("--workers must be at least 1")
     return MergeOptions(
         shard_size=parse_size(shard_size), workers=workers, device=device,
         compute_dtype=parse_dtype(compute_dtype, "--compute-dtype"), on_missing="carry" if carry else "error",
-        force=force, progress=not quiet,
+        force=force, progress=not quiet, seed=seed,
     )
 
 
@@ -81,9 +82,10 @@ def merge(
     out: Annotated[Path, typer.Option("--out", "-o", help="output model folder")],
     shard_size: ShardSize = "5GB", workers: Workers = None, device: Device = "cpu",
     compute_dtype: ComputeDtype = "float32", force: Force = False, carry_missing: Carry = False, quiet: Quiet = False,
+    seed: Seed = 0,
 ):
     """Run a recipe (merge_method, base_model, models, parameters) and write a Hugging Face model folder."""
-    options = _options(shard_size, workers, device, compute_dtype, force, carry_missing, quiet)
+    options = _options(shard_size, workers, device, compute_dtype, force, carry_missing, quiet, seed)
     _summary(merge_recipe(recipe, out, options), quiet)
 
 
@@ -145,7 +147,7 @@ def methods():
         return ", ".join(p.name + ("" if p.default is REQUIRED else f"={p.default}") for p in params) or "-"
 
     for m in all_methods():
-        table.add_row(m.name, m.description, show(m.model_params), show(m.params), "required" if m.needs_base else "optional")
+        table.add_row(m.name, m.description, show(m.model_params), show(m.params), m.base)
     Console().print(table)
 
 

@@ -4,6 +4,8 @@
 ``taskvec apply`` use too.
 """
 
+import hashlib
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +14,8 @@ from typing import Any
 import torch
 
 from .dtypes import dtype_name, parse_dtype
-from .engine import DEFAULT_MEMORY_BUDGET, Job, RunStats, execute
+from .engine import DEFAULT_MEMORY_BUDGET, Job, RunStats, default_workers, execute
+from .global_trim import exact_ascending_ranks
 from .errors import TaskvecError
 from .fingerprint import Fingerprinter
 from .inputs import Input, ModelInput, StoredVectorInput, is_task_vector, open_input
@@ -20,8 +23,9 @@ from .io.checkpoint import Checkpoint, open_checkpoint
 from .io.model_folder import copy_aux_files, model_card
 from .io.writer import ShardedWriter, prepare_target
 from .methods import REQUIRED, MergeMethod
+from .methods.sparsify import keep_count
 from .plan import TensorPlan, plan_tensors
-from .recipe import Recipe, load_recipe, validate_recipe
+from .recipe import Recipe, input_specs, load_recipe, validate_recipe
 from .settings import count_layers, evaluate, position
 
 
@@ -37,6 +41,7 @@ class MergeOptions:
     force: bool = False
     progress: bool = True
     memory_budget: int = DEFAULT_MEMORY_BUDGET  # bytes of tensors in flight; one bigger tensor still runs, alone
+    seed: int = 0  # for methods that drop entries at random (DARE, DELLA)
 
 
 @dataclass
@@ -60,7 +65,7 @@ def merge_recipe(recipe: Recipe | str | Path, out: str | Path, options: MergeOpt
         if any(is_task_vector(d / recipe.base_model) for d in (Path("."),) + search):
             raise TaskvecError(f"base_model {recipe.base_model}: is a task vector; the base must be a model")
         base = open_checkpoint(recipe.base_model, search)
-    specs = [s for s in recipe.models if method.inputs == "weights" or s.model != recipe.base_model]
+    specs = input_specs(recipe, method)
     inputs = [open_input(s.model, search) for s in specs]
     if base is None and any(isinstance(i, StoredVectorInput) for i in inputs):
         raise TaskvecError(f"{method.name}: a task vector among 'models' needs a base_model to be added to")
@@ -97,18 +102,22 @@ def merge_inputs(
     """Merge ``inputs`` into ``base`` with ``method``; settings are recipe-style (scalars, gradients, filters)."""
     device = _device(options.device)
     _refuse_overwriting_inputs(out, [base] if base else [], inputs)
-    plans = plan_tensors(base, inputs, out_dtype, options.on_missing)
+    order = sorted(range(len(inputs)), key=lambda i: inputs[i].label)  # canonical: model order changes nothing
     reference = base if base is not None else inputs[0].checkpoint
+    inputs, model_settings = [inputs[i] for i in order], [model_settings[i] for i in order]
+    plans = plan_tensors(base, inputs, out_dtype, options.on_missing, reference)
     num_layers = count_layers(reference.names(), reference.config())
+    seeds = _model_seeds(options.seed, inputs) if method.random else None
     resolved = {
-        p.name: resolve_parameters(method, p.name, position(p.name, num_layers), model_settings, global_settings, inputs)
+        p.name: resolve_parameters(method, p.name, position(p.name, num_layers), model_settings, global_settings,
+                                   inputs, seeds)
         for p in plans if p.merge
     }
     expected = {i.manifest.get("base", {}).get("fingerprint") for i in inputs if isinstance(i, StoredVectorInput)}
     expected.discard(None)
     fingerprint = Fingerprinter() if expected and base is not None else None
     needs_base = base is not None and (
-        method.needs_base or fingerprint is not None or not all(type(i) is ModelInput for i in inputs)
+        method.base != "ignored" or fingerprint is not None or not all(type(i) is ModelInput for i in inputs)
     )
 
     def read_base(name: str) -> torch.Tensor:
@@ -142,8 +151,12 @@ def merge_inputs(
         out = _numel(plan.shape) * plan.out_dtype.itemsize
         if not plan.merge:
             return _numel(plan.shape) * plan.source_dtype.itemsize + out
-        held = 3 if method.streaming else len(inputs) + 2  # base, accumulator, one input -- or every input
+        # base, accumulator and one input -- or every input, its pruned copy and the masks
+        held = 3 if method.streaming else 2 * len(inputs) + 3
         return held * _numel(plan.shape) * options.compute_dtype.itemsize + out
+
+    if _global_scope(method, resolved):
+        set_global_thresholds(method, resolved, [p for p in plans if p.merge], base, inputs, options)
 
     specs = [(p.name, p.out_dtype, p.shape) for p in plans]
     with ShardedWriter(out, specs, options.shard_size, force=options.force) as writer:
@@ -164,7 +177,7 @@ def merge_inputs(
     return MergeResult(path, stats, notes)
 
 
-def resolve_parameters(method, name, t, model_settings, global_settings, inputs):
+def resolve_parameters(method, name, t, model_settings, global_settings, inputs, seeds=None):
     """Per-model and global parameter values for one tensor: model setting, then top-level setting, then default."""
     def value(param, settings: dict, model: str | None):
         v = evaluate(settings.get(param.name), name, t)
@@ -185,7 +198,76 @@ def resolve_parameters(method, name, t, model_settings, global_settings, inputs)
         {p.name: value(p, settings, inp.label) for p in method.model_params}
         for settings, inp in zip(model_settings, inputs)
     ]
+    if seeds is not None:
+        for mp, seed in zip(model_params, seeds):
+            mp["_seed"] = _tensor_seed(seed, name)
     return model_params, params
+
+
+def _model_seeds(seed: int, inputs: list[Input]) -> list[str]:
+    """A random stream per model, named by the model (and its occurrence), not by its position in the recipe."""
+    seen: dict[str, int] = {}
+    keys = []
+    for inp in inputs:
+        seen[inp.label] = seen.get(inp.label, -1) + 1
+        keys.append(f"{seed}\0{inp.label}\0{seen[inp.label]}")
+    return keys
+
+
+def _tensor_seed(model_key: str, tensor: str) -> int:
+    digest = hashlib.blake2b(f"{model_key}\0{tensor}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def _global_scope(method: MergeMethod, resolved: dict) -> bool:
+    if method.param("trim_scope") is None or not resolved:
+        return False
+    scopes = {params["trim_scope"] for _, params in resolved.values()}
+    if len(scopes) > 1:
+        raise TaskvecError(f"{method.name}: trim_scope must be the same for every tensor (filters or gradients set it "
+                           "to both 'tensor' and 'global')")
+    return scopes == {"global"}
+
+
+def set_global_thresholds(method, resolved, plans, base, inputs, options) -> None:
+    """trim_scope: global -- rank magnitudes over each whole task vector (two extra streaming passes, exact)."""
+    names = [p.name for p in plans]
+    per_model = {}
+    for key in ("density", "gamma"):
+        if method.param(key) is None:
+            continue
+        for i, inp in enumerate(inputs):
+            values = {resolved[n][0][i][key] for n in names}
+            if len(values) > 1:
+                raise TaskvecError(f"{method.name}: trim_scope global needs one {key} per model, but {inp.label} has "
+                                   f"{len(values)} different values across tensors (filters or gradients)")
+            per_model.setdefault(i, {})[key] = values.pop()
+    total = sum(_numel(p.shape) for p in plans)
+    ranks, spans = [], []
+    for i in range(len(inputs)):
+        density = per_model[i]["density"]
+        if "gamma" in per_model[i]:  # breadcrumbs: keep ascending ranks [bottom, bottom + keep)
+            keep = int(density * total) if density < 1 else total
+            bottom = max(0, total - keep - int(per_model[i]["gamma"] * total)) if density < 1 else 0
+            spans.append((bottom + 1, bottom + keep) if keep else None)
+        else:  # ties: keep the k largest
+            keep = keep_count(total, density)
+            spans.append((total - keep + 1,) if keep else None)
+        ranks.append(list(spans[-1] or ()))
+    device = _device(options.device)
+
+    def read_deltas(name):
+        b = base.read(name).to(device=device, dtype=torch.float32)
+        return [inp.delta(name, b, torch.float32, device) for inp in inputs]
+
+    values = exact_ascending_ranks(names, read_deltas, ranks, options.workers or default_workers())
+    for i, found in enumerate(values):
+        if spans[i] is None:
+            threshold = (math.inf, -math.inf) if "gamma" in per_model[i] else math.inf
+        else:
+            threshold = (found[0], found[1]) if "gamma" in per_model[i] else found[0]
+        for n in names:
+            resolved[n][0][i]["_threshold"] = threshold
 
 
 def check_finite(name: str, tensor: torch.Tensor, inputs: list[Input]) -> torch.Tensor:

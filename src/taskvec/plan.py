@@ -34,11 +34,13 @@ def plan_tensors(
     inputs: list[Input],
     out_dtype: torch.dtype | None = None,
     on_missing: str = "error",
+    reference: Checkpoint | None = None,
 ) -> list[TensorPlan]:
+    """The output's tensors in the reference's on-disk order (the base, else `reference`, else the first input)."""
     if on_missing not in ON_MISSING:
         raise TaskvecError(f"on_missing must be one of {', '.join(ON_MISSING)}, got {on_missing!r}")
-    reference = base if base is not None else inputs[0].checkpoint
-    ref_label = f"base {reference.label}" if base is not None else f"{inputs[0].label}"
+    reference = base if base is not None else (reference or inputs[0].checkpoint)
+    ref_label = f"base {reference.label}" if base is not None else f"{reference.label}"
     ordered = sorted(reference.tensors.values(), key=lambda t: (str(t.file), t.offset))
     extra: dict[str, tuple[Input, TensorInfo]] = {}
     for inp in inputs:

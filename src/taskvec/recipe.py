@@ -84,9 +84,12 @@ def validate_recipe(recipe: Recipe, source: str = "recipe") -> MergeMethod:
         raise TaskvecError(f"{source}: 'models' must list at least one model")
     if method.needs_base and not recipe.base_model:
         raise TaskvecError(f"{source}: merge_method {method.name} needs a base_model (task vectors are model - base)")
-    inputs = [m for m in recipe.models if m.model != recipe.base_model]
+    inputs = input_specs(recipe, method)
     if len(inputs) < method.min_models:
         raise TaskvecError(f"{source}: {method.name} needs at least {method.min_models} model(s) besides the base")
+    if method.max_models is not None and len(inputs) > method.max_models:
+        raise TaskvecError(f"{source}: {method.name} takes at most {method.max_models} model(s) besides the base, "
+                           f"got {len(inputs)}")
     for i, spec in enumerate(recipe.models):
         if "+" in spec.model and not Path(spec.model).exists():
             raise TaskvecError(f"{source}: models[{i}].model {spec.model!r}: 'model+lora' references are not supported yet")
@@ -111,6 +114,14 @@ def validate_recipe(recipe: Recipe, source: str = "recipe") -> MergeMethod:
                 raise TaskvecError(f"{where}: {method.name} has no parameter {key!r}; it takes {_names(method)}")
             _check_setting(setting, where, method.param(key))
     return method
+
+
+def input_specs(recipe: Recipe, method: MergeMethod) -> list[ModelSpec]:
+    """The models merged into the base. A base listed under `models` is the base, except for methods that ignore
+    the base (`linear`), where it is one more weighted model, as in mergekit."""
+    if method.base == "ignored":
+        return list(recipe.models)
+    return [m for m in recipe.models if m.model != recipe.base_model]
 
 
 def _names(method: MergeMethod) -> str:

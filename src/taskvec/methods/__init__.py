@@ -26,6 +26,7 @@ class Param:
     type: type
     default: Any
     help: str
+    choices: tuple[str, ...] = ()
 
     def coerce(self, value: Any, where: str) -> Any:
         if self.type is bool:
@@ -39,6 +40,8 @@ class Param:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 return float(value)
         elif self.type is str and isinstance(value, str):
+            if self.choices and value not in self.choices:
+                raise TaskvecError(f"{where}: {self.name} must be one of {', '.join(self.choices)}, got {value!r}")
             return value
         raise TaskvecError(f"{where}: {self.name} must be {self.type.__name__}, got {value!r}")
 
@@ -55,13 +58,19 @@ class MergeMethod:
     fn: MethodFn
     params: tuple[Param, ...] = ()
     model_params: tuple[Param, ...] = ()
-    needs_base: bool = True
-    min_models: int = 1
+    base: Literal["required", "optional", "ignored"] = "required"  # ignored: the base only lends config/tokenizer
+    min_models: int = 1  # besides the base
+    max_models: int | None = None
     paper: str = ""
+    random: bool = False  # draws random masks: gets a per-model `_seed`
     # True: the method folds its inputs one at a time (a weighted sum), so it is handed an iterator and at most one
     # input tensor is in memory at once, however many models are merged
     streaming: bool = False
     ignored: tuple[str, ...] = field(default=())  # mergekit parameters accepted for compatibility, without effect
+
+    @property
+    def needs_base(self) -> bool:
+        return self.base == "required"
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params + self.model_params if p.name == name), None)

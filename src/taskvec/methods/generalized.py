@@ -1,0 +1,55 @@
+"""The shared skeleton of the task-vector methods (TIES, DARE, Breadcrumbs, DELLA): sparsify each task vector,
+weight it, optionally keep only the entries that agree with an elected sign, sum, normalise, scale by lambda.
+
+    merged = lambda * sum_i w_i * m_i * s_i(tau_i) / (sum_i w_i * m_i  if normalize)
+
+s_i is the sparsifier (with its rescaling), m_i the agreement mask (all ones without consensus). Under consensus,
+entries a task vector leaves at zero count neither in the sum nor in the divisor: TIES' disjoint mean.
+"""
+
+from typing import Callable
+
+import torch
+
+from . import WEIGHT, Param
+from .sparsify import elect_sign
+
+Sparsifier = Callable[[torch.Tensor, dict, dict], torch.Tensor]  # (task vector, its model's params, global params)
+
+
+def merge_deltas(deltas: list[torch.Tensor], model_params: list[dict], params: dict,
+                 sparsify: Sparsifier | None, consensus: str | None) -> torch.Tensor:
+    weights = [p["weight"] for p in model_params]
+    sparse = [sparsify(d, p, params) if sparsify else d for d, p in zip(deltas, model_params)]
+    weighted = torch.stack([s * w for s, w in zip(sparse, weights)])
+    del sparse
+    w = torch.tensor(weights, dtype=weighted.dtype, device=weighted.device).reshape(-1, *[1] * (weighted.dim() - 1))
+    if consensus:
+        agree = weighted.sign() == elect_sign(weighted, consensus)
+        merged = (weighted * agree).sum(dim=0)
+        divisor = (w * agree).sum(dim=0)
+        divisor[divisor == 0] = 1
+    else:
+        merged = weighted.sum(dim=0)
+        total = sum(weights)
+        divisor = torch.tensor(1.0 if abs(total) < 1e-8 else total, dtype=merged.dtype, device=merged.device)
+    if params["normalize"]:
+        merged /= divisor
+    return merged.mul_(params["lambda"])
+
+
+def common_params(normalize: bool, rescale: bool | None, consensus: bool) -> tuple[Param, ...]:
+    params = [
+        Param("lambda", float, 1.0, "scale applied to the merged task vector"),
+        Param("normalize", bool, normalize, "divide by the sum of the weights (of agreeing models, under consensus)"),
+    ]
+    if rescale is not None:
+        params.append(Param("rescale", bool, rescale, "rescale the survivors of pruning (see the method)"))
+    if consensus:
+        params.append(Param("consensus_method", str, "sum", "elect each entry's sign by total mass (sum, as in the "
+                            "TIES paper) or by number of task vectors (count)", choices=("sum", "count")))
+    return tuple(params)
+
+
+DENSITY = Param("density", float, 1.0, "fraction of the task vector's entries kept")
+MODEL_PARAMS = (WEIGHT, DENSITY)
