@@ -217,4 +217,4 @@ def test_settings_by_hand():
     assert count_layers(["model.layers.0.x", "model.layers.5.x"], None) == 6
     assert count_layers([], {"num_hidden_layers": 30}) == 30
     assert position("model.layers.5.x", 11) == 0.5
-    assert position("model.embed_tokens.weight", 11) == 0.0 and position("lm_head.weight", 11) == 1.0
+    assert position("model.embed_tokens.weight", 11) == 0.0 and position("lm_head.weight", 11) == 0.0  # as mergekit 0.1.5

@@ -2,16 +2,15 @@
 
 A setting is a scalar; a *gradient* -- a list of numbers interpolated linearly over the layers, from the first
 layer (position 0) to the last (position 1); or a list of ``{filter, value}`` conditions where the first whose
-``filter`` is a substring of the tensor name (or is missing or ``*``) wins. Tensors outside the numbered layers sit
-at position 0 when they are embeddings and at position 1 otherwise (final norm, output head, pooler), as mergekit
-places its pre- and post-layer weights.
+``filter`` is a substring of the tensor name (or is missing or ``*``) wins. Tensors outside the numbered layers
+(embeddings, final norm, output head, pooler) sit at position 0, as in mergekit 0.1.5 (earlier mergekit releases put
+the weights after the last layer at 1).
 """
 
 import re
 from typing import Any
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
-_EMBED = re.compile(r"embed|(?:^|\.)wte\.|(?:^|\.)wpe\.")
 
 
 def layer_index(name: str) -> int | None:
@@ -30,10 +29,10 @@ def count_layers(names: list[str], config: dict | None) -> int:
 
 
 def position(name: str, num_layers: int) -> float:
-    """Where a tensor sits for gradients: 0 at the first layer or the embeddings, 1 at the last layer or the head."""
+    """Where a tensor sits for gradients: 0 at the first layer, 1 at the last; 0 outside the layers."""
     idx = layer_index(name)
     if idx is None:
-        return 0.0 if _EMBED.search(name) else 1.0
+        return 0.0
     return idx / (num_layers - 1) if num_layers > 1 else 1.0
 
 
