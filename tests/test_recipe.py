@@ -218,3 +218,9 @@ def test_settings_by_hand():
     assert count_layers([], {"num_hidden_layers": 30}) == 30
     assert position("model.layers.5.x", 11) == 0.5
     assert position("model.embed_tokens.weight", 11) == 0.0 and position("lm_head.weight", 11) == 0.0  # as mergekit 0.1.5
+
+
+def test_mergekit_parameters_without_effect_are_accepted_with_a_warning(family):
+    _, base, a, _ = family
+    with pytest.warns(UserWarning, match="'density' is accepted for mergekit compatibility but has no effect"):
+        parse_recipe(recipe(base, a, model_params={"weight": 1.0, "density": 0.5}))

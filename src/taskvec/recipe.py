@@ -6,6 +6,7 @@ in float32 unless told otherwise), ``out_dtype``, ``tokenizer_source`` (``base``
 ``filter`` lists and layer gradients. ``slices`` and ``modules`` (frankenmerges) are refused with a clear message.
 """
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,10 @@ def validate_recipe(recipe: Recipe, source: str = "recipe") -> MergeMethod:
     global_names = {p.name for p in method.params}
     model_names = {p.name for p in method.model_params}
     known = global_names | model_names | set(method.ignored)
+    used = set(recipe.parameters or {}) | {k for m in recipe.models for k in (m.parameters or {})}
+    for key in sorted(used & set(method.ignored)):
+        warnings.warn(f"{source}: parameter {key!r} is accepted for mergekit compatibility but has no effect in "
+                      f"{method.name}")
     for key, setting in (recipe.parameters or {}).items():
         where = f"{source}: parameters.{key}"
         if key not in known:
