@@ -17,7 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 HIDDEN, INTER, LAYERS, VOCAB = 768, 2048, 12, 32000  # 134M parameters, 537 MB in float32
 
 

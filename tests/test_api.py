@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import read_model, toy_tensors, write_model
+
 from taskvec import MergeOptions, TaskvecError, TaskVector, merge_recipe, parse_recipe
 
 Q = MergeOptions(progress=False)

@@ -5,9 +5,9 @@ import hashlib
 
 import pytest
 import torch
+from conftest import write_model
 
-from conftest import toy_tensors, write_model
-from taskvec import MergeOptions, TaskvecError, merge_recipe, parse_recipe
+from taskvec import MergeOptions, merge_recipe, parse_recipe
 from taskvec.cli import app
 from taskvec.methods import _REGISTRY, get_method
 

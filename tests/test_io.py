@@ -8,9 +8,9 @@ import sys
 
 import pytest
 import torch
+from conftest import read_model, toy_tensors, write_model
 from safetensors import safe_open
 
-from conftest import read_model, toy_tensors, write_model
 from taskvec import MergeOptions, TaskvecError, merge_recipe, parse_recipe
 from taskvec.io import ShardedWriter, open_checkpoint, parse_size
 

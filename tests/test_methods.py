@@ -4,10 +4,10 @@ import math
 
 import pytest
 import torch
+from conftest import read_model, write_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import read_model, write_model
 from taskvec import MergeOptions, merge_recipe, parse_recipe
 from taskvec.global_trim import exact_ascending_ranks
 from taskvec.methods import get_method

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from conftest import read_model
 
 transformers = pytest.importorskip("transformers")

@@ -3,10 +3,10 @@
 import itertools
 
 import torch
+from conftest import read_model, write_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import read_model, write_model
 from taskvec import MergeOptions, TaskVector, merge_recipe, parse_recipe
 
 _counter = itertools.count()

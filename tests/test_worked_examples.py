@@ -5,7 +5,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import EXAMPLES, read_model
 
 

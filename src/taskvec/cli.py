@@ -13,11 +13,11 @@ from rich.table import Table
 from . import __version__
 from .dtypes import parse_dtype
 from .errors import TaskvecError
+from .inputs import is_task_vector
 from .io.writer import parse_size
 from .merge import MergeOptions, MergeResult, merge_recipe
 from .methods import REQUIRED, all_methods
 from .vector import TaskVector
-from .inputs import is_task_vector
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Model merging with task vectors, streamed tensor by tensor.")
 err = Console(stderr=True)

@@ -7,10 +7,9 @@ holds each wanted rank, and pass 2 counts the low 16 bits of the entries in that
 value. The result is exact, not an approximation; the cost is two extra reads of the inputs.
 """
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
-
-import threading
 
 import torch
 

@@ -15,9 +15,9 @@ import torch
 
 from .dtypes import dtype_name, parse_dtype
 from .engine import DEFAULT_MEMORY_BUDGET, Job, RunStats, default_workers, execute
-from .global_trim import exact_ascending_ranks
 from .errors import TaskvecError
 from .fingerprint import Fingerprinter
+from .global_trim import exact_ascending_ranks
 from .inputs import Input, ModelInput, StoredVectorInput, is_task_vector, open_input
 from .io.checkpoint import Checkpoint, open_checkpoint
 from .io.model_folder import copy_aux_files, model_card
@@ -148,12 +148,12 @@ def merge_inputs(
         return Job(plan.name, plan.shape, plan.out_dtype, plan.read_bytes, run, job_memory(plan))
 
     def job_memory(plan: TensorPlan) -> int:
-        out = _numel(plan.shape) * plan.out_dtype.itemsize
+        out = math.prod(plan.shape) * plan.out_dtype.itemsize
         if not plan.merge:
-            return _numel(plan.shape) * plan.source_dtype.itemsize + out
+            return math.prod(plan.shape) * plan.source_dtype.itemsize + out
         # base, accumulator and one input -- or every input, its pruned copy and the masks
         held = 3 if method.streaming else 2 * len(inputs) + 3
-        return held * _numel(plan.shape) * options.compute_dtype.itemsize + out
+        return held * math.prod(plan.shape) * options.compute_dtype.itemsize + out
 
     if _global_scope(method, resolved):
         set_global_thresholds(method, resolved, [p for p in plans if p.merge], base, inputs, options)
@@ -242,7 +242,7 @@ def set_global_thresholds(method, resolved, plans, base, inputs, options) -> Non
                 raise TaskvecError(f"{method.name}: trim_scope global needs one {key} per model, but {inp.label} has "
                                    f"{len(values)} different values across tensors (filters or gradients)")
             per_model.setdefault(i, {})[key] = values.pop()
-    total = sum(_numel(p.shape) for p in plans)
+    total = sum(math.prod(p.shape) for p in plans)
     ranks, spans = [], []
     for i in range(len(inputs)):
         density = per_model[i]["density"]
@@ -295,9 +295,3 @@ def _refuse_overwriting_inputs(out: Path, checkpoints: list[Checkpoint], inputs:
         if folder is not None and (target == folder.resolve() or target in folder.resolve().parents):
             raise TaskvecError(f"{out}: is an input folder or contains one; write the merge somewhere else")
 
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n

@@ -8,6 +8,7 @@ An expression is a linear combination of terms; each term is "finetuned minus it
 """
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,10 +21,10 @@ from .errors import TaskvecError
 from .fingerprint import Fingerprinter
 from .inputs import FORMAT, MANIFEST, DifferenceInput, Input, ModelInput, StoredVectorInput, is_task_vector
 from .io.checkpoint import open_checkpoint
+from .io.model_folder import model_card
 from .io.writer import ShardedWriter, prepare_target
 from .merge import MergeOptions, MergeResult, check_finite, merge_inputs
 from .methods import get_method
-from .io.model_folder import model_card
 
 
 @dataclass(frozen=True)
@@ -168,9 +169,9 @@ class TaskVector:
                     acc = d.mul_(c) if acc is None else acc.add_(d, alpha=c)
                 return check_finite(name, acc.to(store_dtype), inputs).cpu()
 
-            scratch = 3 * _numel(shapes[name]) * options.compute_dtype.itemsize  # accumulator, one delta, its base
+            scratch = 3 * math.prod(shapes[name]) * options.compute_dtype.itemsize  # accumulator, one delta, its base
             return Job(name, shapes[name], store_dtype, read_bytes[name], run,
-                       scratch + _numel(shapes[name]) * store_dtype.itemsize)
+                       scratch + math.prod(shapes[name]) * store_dtype.itemsize)
 
         specs = [(n, store_dtype, shapes[n]) for n in shapes]
         with ShardedWriter(out, specs, options.shard_size, prefix="task_vector", force=options.force) as writer:
@@ -208,7 +209,7 @@ class TaskVector:
             "finetuned": finetuned,
             "dtype": dtype_name(store_dtype),
             "num_tensors": len(specs),
-            "num_parameters": sum(_numel(s[2]) for s in specs),
+            "num_parameters": sum(math.prod(s[2]) for s in specs),
             "seconds": round(stats.seconds, 3),
             "skipped": [{"tensor": n, "reason": r} for n, r in sorted(skipped.items())],
         }
@@ -240,12 +241,6 @@ def _architecture(config: dict | None) -> dict:
         return {}
     return {k: config[k] for k in ("architectures", "model_type") if k in config}
 
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def _same(a: str, b: str) -> bool:

@@ -5,6 +5,7 @@ unpickled except through ``torch.load(weights_only=True)``.
 """
 
 import json
+import math
 import os
 import re
 import threading
@@ -30,10 +31,7 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
-        n = self.dtype.itemsize
-        for d in self.shape:
-            n *= d
-        return n
+        return self.dtype.itemsize * math.prod(self.shape)
 
 
 class Checkpoint:
@@ -68,7 +66,7 @@ class Checkpoint:
             raise TaskvecError(f"{path}: unreadable config ({e})") from e
 
     def num_parameters(self) -> int:
-        return sum(_numel(t.shape) for t in self.tensors.values())
+        return sum(math.prod(t.shape) for t in self.tensors.values())
 
     def close(self) -> None:
         pass
@@ -163,12 +161,6 @@ class TorchBinCheckpoint(Checkpoint):
     def read(self, name: str) -> torch.Tensor:
         return self._load(self._where[name])[name].clone()
 
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def _index_files(index: Path) -> tuple[list[Path], dict[str, str]]:

@@ -7,6 +7,7 @@ be held in memory (``safetensors.torch.save_file`` needs the whole shard at once
 """
 
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -63,7 +64,7 @@ def read_header(path: Path) -> tuple[dict[str, Entry], dict[str, str]]:
             begin, end = (int(x) for x in spec["data_offsets"])
         except (KeyError, TypeError, ValueError) as e:
             raise TaskvecError(f"{path}: tensor {name!r} has an invalid header entry {spec!r}") from e
-        expected = dtype.itemsize * _numel(shape)
+        expected = dtype.itemsize * math.prod(shape)
         if end - begin != expected:
             raise TaskvecError(
                 f"{path}: tensor {name!r} claims {end - begin} bytes but dtype {spec['dtype']} and shape "
@@ -99,12 +100,6 @@ def read_tensor(path: Path, entry: Entry, fd: int | None = None) -> torch.Tensor
     return buf.view(entry.dtype).reshape(entry.shape)
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
 
 class StreamingFile:
     """Write one safetensors file whose tensor list is known up front, one tensor at a time, in header order."""
@@ -114,7 +109,7 @@ class StreamingFile:
         offset = 0
         self._order = []
         for name, dtype, shape in specs:
-            nbytes = dtype.itemsize * _numel(shape)
+            nbytes = dtype.itemsize * math.prod(shape)
             header[name] = {"dtype": SAFETENSORS_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
             self._order.append((name, dtype, shape))
             offset += nbytes

@@ -6,6 +6,7 @@ planned tensors' shapes, so each shard streams to disk tensor by tensor with lar
 """
 
 import json
+import math
 import os
 import re
 import shutil
@@ -49,7 +50,7 @@ def _plan_shards(specs: list[tuple[str, torch.dtype, tuple[int, ...]]], shard_si
     shards: list[list[tuple[str, torch.dtype, tuple[int, ...]]]] = [[]]
     used = 0
     for spec in specs:
-        nbytes = spec[1].itemsize * _numel(spec[2])
+        nbytes = spec[1].itemsize * math.prod(spec[2])
         if shards[-1] and used + nbytes > shard_size:
             shards.append([])
             used = 0
@@ -57,12 +58,6 @@ def _plan_shards(specs: list[tuple[str, torch.dtype, tuple[int, ...]]], shard_si
         used += nbytes
     return shards
 
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 class ShardedWriter:
@@ -90,7 +85,7 @@ class ShardedWriter:
         self._shards = list(zip(names, shards))
         self._index_name = None if n == 1 else f"{prefix}.safetensors.index.json"
         self.weight_map = {spec[0]: name for name, shard in self._shards for spec in shard}
-        self.total_size = sum(spec[1].itemsize * _numel(spec[2]) for _, shard in self._shards for spec in shard)
+        self.total_size = sum(spec[1].itemsize * math.prod(spec[2]) for _, shard in self._shards for spec in shard)
         self._shard_no = -1
         self._left_in_shard = 0
         self._file: StreamingFile | None = None

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from . import WEIGHT, Param
+from . import WEIGHT, MergeMethod, Param
 from .sparsify import elect_sign
 
 Sparsifier = Callable[[torch.Tensor, dict, dict], torch.Tensor]  # (task vector, its model's params, global params)
@@ -53,3 +53,19 @@ def common_params(normalize: bool, rescale: bool | None, consensus: bool) -> tup
 
 DENSITY = Param("density", float, 1.0, "fraction of the task vector's entries kept")
 MODEL_PARAMS = (WEIGHT, DENSITY)
+
+
+def task_vector_method(name: str, description: str, sparsify: Sparsifier | None, consensus: bool, normalize: bool,
+                       rescale: bool | None, model_params: tuple[Param, ...], paper: str, random: bool = False,
+                       extra: tuple[Param, ...] = ()) -> MergeMethod:
+    """A method of this family: a sparsifier, with or without sign election, and its parameters."""
+
+    def merge(base, deltas, model_params, params):
+        return merge_deltas(deltas, model_params, params, sparsify, params["consensus_method"] if consensus else None)
+
+    merge.__name__ = name
+    return MergeMethod(
+        name=name, description=description, inputs="deltas", fn=merge,
+        params=common_params(normalize, rescale, consensus) + extra, model_params=model_params, paper=paper,
+        random=random, ignored=("int8_mask",),
+    )
