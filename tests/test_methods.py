@@ -245,3 +245,70 @@ def test_every_method_runs_end_to_end_through_a_recipe(tmp_path, method, extra):
     merge_recipe(parse_recipe(data), tmp_path / "out", MergeOptions(progress=False))
     out = read_model(tmp_path / "out")
     assert set(out) == set(base) and all(torch.isfinite(v).all() for v in out.values())
+
+
+@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "breadcrumbs_ties", "della_linear"])
+def test_merging_in_blocks_of_rows_equals_merging_whole_tensors(tmp_path, monkeypatch, method):
+    import dataclasses
+
+    from taskvec.methods import _REGISTRY
+
+    g = torch.Generator().manual_seed(3)
+    base = {"layers.0.w": torch.randn(37, 11, generator=g), "layers.0.b": torch.randn(37, generator=g)}
+    write_model(tmp_path / "base", base)
+    for m in ("x", "y"):
+        write_model(tmp_path / m, {k: v + torch.randn(v.shape, generator=g) for k, v in base.items()})
+    mp = {"density": 0.5} if method != "linear" and method != "task_arithmetic" else {}
+    if method == "della_linear":
+        mp["epsilon"] = 0.1
+    recipe = _recipe(tmp_path, method, ["x", "y"], {}, mp)
+    monkeypatch.setattr("taskvec.blocks.BLOCK_ELEMENTS", 50)  # blocks of 4 rows
+    merge_recipe(recipe, tmp_path / "blocks", MergeOptions(progress=False))
+    monkeypatch.setitem(_REGISTRY, method, dataclasses.replace(_REGISTRY[method], granularity="tensor"))
+    merge_recipe(recipe, tmp_path / "whole", MergeOptions(progress=False))
+    blocks, whole = read_model(tmp_path / "blocks"), read_model(tmp_path / "whole")
+    if method == "della_linear":  # random: masks are drawn per block, so only the kept values' scale is comparable
+        assert (blocks["layers.0.w"] != base["layers.0.w"]).float().mean() > 0.2
+        return
+    for k in base:
+        assert torch.equal(blocks[k], whole[k]), k
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(-3, 3), min_size=1, max_size=300), st.floats(0.0, 1.0), st.floats(0.0, 0.3),
+       st.integers(1, 7))
+def test_selections_keep_exactly_the_stable_sort_ranks_even_with_ties(values, density, gamma, blocks):
+    """Quantised task vectors (bfloat16 fine-tunes) tie a lot: the masks keep exactly the intended count, ties going
+    to the earliest entries -- the same set as a stable sort -- also when the tensor is cut in blocks."""
+    from taskvec.methods.sparsify import band_selection, keep_count, magnitude_mask, outlier_mask, top_k_selection
+
+    x = T(values, dtype=torch.float32) * 0.25
+    n = x.numel()
+    mag = x.abs()
+    by_magnitude = torch.sort(mag, stable=True).indices  # ascending, ties in index order
+    top = torch.sort(-mag, stable=True).indices[:keep_count(n, density)]
+    want_top = torch.zeros(n, dtype=torch.bool)
+    want_top[top] = True
+    n_keep = int(density * n) if density < 1 else n
+    n_bottom = max(0, n - n_keep - int(gamma * n)) if density < 1 else 0
+    want_band = torch.zeros(n, dtype=torch.bool)
+    want_band[by_magnitude[n_bottom:n_bottom + n_keep]] = True
+
+    assert torch.equal(magnitude_mask(x, density), want_top)
+    assert torch.equal(outlier_mask(x, density, gamma), want_band)
+    top_sel, band_sel = top_k_selection(mag, density), band_selection(mag, density, gamma)
+    cuts = sorted({0, n} | {n * i // blocks for i in range(1, blocks)})
+    got_top = torch.cat([magnitude_mask(x[a:b], density, top_sel, a) for a, b in zip(cuts, cuts[1:])])
+    got_band = torch.cat([outlier_mask(x[a:b], density, gamma, band_sel, a) for a, b in zip(cuts, cuts[1:])])
+    assert torch.equal(got_top, want_top) and torch.equal(got_band, want_band)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(70_000, 200_000), st.integers(0, 2**31), st.sampled_from([3, 1000, 10**9]), st.data())
+def test_fast_selection_is_exact(n, seed, levels, data):
+    from taskvec.methods.sparsify import kth_smallest
+
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(n, generator=g) * levels).floor()  # 3 levels: huge ties; 1e9: all distinct
+    r = data.draw(st.integers(1, n))
+    assert kth_smallest(x, r) == float(torch.kthvalue(x, r).values)

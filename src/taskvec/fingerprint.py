@@ -12,9 +12,18 @@ import torch
 PREFIX = "taskvec-fp1:"
 
 
+def new_digest():
+    return hashlib.blake2b(digest_size=16)
+
+
+def update(digest, tensor: torch.Tensor) -> None:
+    digest.update(memoryview(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()))
+
+
 def tensor_digest(tensor: torch.Tensor) -> str:
-    raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
-    return hashlib.blake2b(memoryview(raw), digest_size=16).hexdigest()
+    d = new_digest()
+    update(d, tensor)
+    return d.hexdigest()
 
 
 class Fingerprinter:
@@ -25,7 +34,11 @@ class Fingerprinter:
         self._lock = threading.Lock()
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
-        line = f"{name}\t{tensor.dtype}\t{list(tensor.shape)}\t{tensor_digest(tensor)}\n"
+        self.add_digest(name, tensor.dtype, tuple(tensor.shape), tensor_digest(tensor))
+
+    def add_digest(self, name: str, dtype: torch.dtype, shape: tuple[int, ...], digest: str) -> None:
+        """For a tensor hashed block by block, in order (`new_digest` and `update`)."""
+        line = f"{name}\t{dtype}\t{list(shape)}\t{digest}\n"
         with self._lock:
             self._lines[name] = line
 

@@ -28,10 +28,11 @@ class Input:
     def names(self) -> list[str]:
         return self.checkpoint.names()
 
-    def weights(self, name: str, base: torch.Tensor | None, dtype: torch.dtype, device) -> torch.Tensor:
+    # `rows`: only rows [start, stop) of the tensor's first dimension; `base` is then the same rows of the base
+    def weights(self, name: str, base: torch.Tensor | None, dtype: torch.dtype, device, rows=None) -> torch.Tensor:
         raise NotImplementedError
 
-    def delta(self, name: str, base: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
+    def delta(self, name: str, base: torch.Tensor, dtype: torch.dtype, device, rows=None) -> torch.Tensor:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -45,11 +46,11 @@ class ModelInput(Input):
         self.checkpoint = checkpoint
         self.label = label or checkpoint.label
 
-    def weights(self, name, base, dtype, device):
-        return self.checkpoint.read(name).to(device=device, dtype=dtype)
+    def weights(self, name, base, dtype, device, rows=None):
+        return self.checkpoint.read(name, rows).to(device=device, dtype=dtype)
 
-    def delta(self, name, base, dtype, device):
-        return self.weights(name, base, dtype, device).sub_(base)
+    def delta(self, name, base, dtype, device, rows=None):
+        return self.weights(name, base, dtype, device, rows).sub_(base)
 
 
 class StoredVectorInput(Input):
@@ -63,15 +64,15 @@ class StoredVectorInput(Input):
         self.checkpoint = open_checkpoint(self.folder)
         self.label = label or str(folder)
 
-    def delta(self, name, base, dtype, device):
+    def delta(self, name, base, dtype, device, rows=None):
         if name not in self.checkpoint:
             return torch.zeros(base.shape, dtype=dtype, device=device)
-        return self.checkpoint.read(name).to(device=device, dtype=dtype)
+        return self.checkpoint.read(name, rows).to(device=device, dtype=dtype)
 
-    def weights(self, name, base, dtype, device):
+    def weights(self, name, base, dtype, device, rows=None):
         if base is None:
             raise TaskvecError(f"{self.label}: a task vector has no weights of its own; give a base_model")
-        return self.delta(name, base, dtype, device).add_(base)
+        return self.delta(name, base, dtype, device, rows).add_(base)
 
 
 class DifferenceInput(Input):
@@ -91,15 +92,15 @@ class DifferenceInput(Input):
     def names(self):
         return [n for n in self.checkpoint.names() if n in self.origin]
 
-    def delta(self, name, base, dtype, device):
-        ft = self.checkpoint.read(name).to(device=device, dtype=dtype)
-        origin = self.origin.read(name)
-        if self.fingerprint is not None:
+    def delta(self, name, base, dtype, device, rows=None):
+        ft = self.checkpoint.read(name, rows).to(device=device, dtype=dtype)
+        origin = self.origin.read(name, rows)
+        if self.fingerprint is not None and rows is None:
             self.fingerprint.add(name, origin)
         return ft.sub_(origin.to(device=device, dtype=dtype))
 
-    def weights(self, name, base, dtype, device):
-        return self.delta(name, base, dtype, device).add_(base)
+    def weights(self, name, base, dtype, device, rows=None):
+        return self.delta(name, base, dtype, device, rows).add_(base)
 
     def close(self):
         self.checkpoint.close()

@@ -13,10 +13,11 @@ from typing import Any
 
 import torch
 
+from .blocks import block_seed, row_blocks
 from .dtypes import dtype_name, parse_dtype
 from .engine import DEFAULT_MEMORY_BUDGET, Job, RunStats, default_workers, execute
 from .errors import TaskvecError
-from .fingerprint import Fingerprinter
+from .fingerprint import Fingerprinter, new_digest, update
 from .global_trim import exact_ascending_ranks
 from .inputs import Input, ModelInput, StoredVectorInput, is_task_vector, open_input
 from .io.checkpoint import Checkpoint, open_checkpoint
@@ -120,40 +121,15 @@ def merge_inputs(
         method.base != "ignored" or fingerprint is not None or not all(type(i) is ModelInput for i in inputs)
     )
 
-    def read_base(name: str) -> torch.Tensor:
-        t = base.read(name)
-        if fingerprint is not None:
-            fingerprint.add(name, t)
-        return t
+    merger = TensorMerger(method, base, inputs, device, options.compute_dtype, needs_base, fingerprint)
 
     def job(plan: TensorPlan) -> Job:
-        def run() -> torch.Tensor:
-            if not plan.merge:
-                src = read_base(plan.name) if plan.copy_from is base else plan.copy_from.read(plan.name)
-                return src.to(plan.out_dtype)
-            cd = options.compute_dtype
-            b = None
-            if needs_base:
-                b = read_base(plan.name).to(device=device, dtype=cd)
-            model_params, params = resolved[plan.name]
-            if method.inputs == "deltas":
-                xs = (inp.delta(plan.name, b, cd, device) for inp in inputs)
-            else:
-                xs = (inp.weights(plan.name, b, cd, device) for inp in inputs)
-            merged = method.fn(b, xs if method.streaming else list(xs), model_params, params)
-            if method.inputs == "deltas":
-                merged = merged.add_(b)
-            return check_finite(plan.name, merged.to(plan.out_dtype), inputs).cpu()
-
-        return Job(plan.name, plan.shape, plan.out_dtype, plan.read_bytes, run, job_memory(plan))
-
-    def job_memory(plan: TensorPlan) -> int:
-        out = math.prod(plan.shape) * plan.out_dtype.itemsize
         if not plan.merge:
-            return math.prod(plan.shape) * plan.source_dtype.itemsize + out
-        # base, accumulator and one input -- or every input, its pruned copy and the masks
-        held = 3 if method.streaming else 2 * len(inputs) + 3
-        return held * math.prod(plan.shape) * options.compute_dtype.itemsize + out
+            return Job(plan.name, plan.shape, plan.out_dtype, plan.read_bytes, lambda: merger.copy(plan),
+                       math.prod(plan.shape) * (plan.source_dtype.itemsize + plan.out_dtype.itemsize))
+        model_params, params = resolved[plan.name]
+        return Job(plan.name, plan.shape, plan.out_dtype, plan.read_bytes,
+                   lambda: merger.merge(plan, model_params, params), merger.memory(plan))
 
     if _global_scope(method, resolved):
         set_global_thresholds(method, resolved, [p for p in plans if p.merge], base, inputs, options)
@@ -270,15 +246,107 @@ def set_global_thresholds(method, resolved, plans, base, inputs, options) -> Non
             resolved[n][0][i]["_threshold"] = threshold
 
 
+class TensorMerger:
+    """Merges one tensor at a time, in blocks of rows where the method's granularity allows.
+
+    Per block it reads the rows of the base and of every input, hands float32 copies to the method, and stores the
+    cast result in the output tensor: float32 temporaries stay the size of a block. A method with a per-tensor
+    statistic (TIES' threshold) first gets it over all blocks, one model at a time; the base is then read once,
+    whole, in its stored dtype, and sliced.
+    """
+
+    def __init__(self, method, base, inputs, device, compute_dtype, needs_base, fingerprint):
+        self.method, self.base, self.inputs = method, base, inputs
+        self.device, self.cd, self.needs_base, self.fingerprint = device, compute_dtype, needs_base, fingerprint
+
+    def copy(self, plan: TensorPlan) -> torch.Tensor:
+        src = plan.copy_from.read(plan.name)
+        if plan.copy_from is self.base and self.fingerprint is not None:
+            self.fingerprint.add(plan.name, src)
+        return src.to(plan.out_dtype)
+
+    def memory(self, plan: TensorPlan) -> int:
+        """Peak bytes of a merge job: output, plus the whole base and one |task vector| for a statistic, plus the
+        float32 temporaries of a block (every input, its pruned copy and the masks)."""
+        numel = math.prod(plan.shape)
+        blocks = row_blocks(plan.shape, self.method.granularity)
+        block = numel if blocks == [None] else (blocks[0][1] - blocks[0][0]) * (numel // plan.shape[0])
+        held = 3 if self.method.streaming else 2 * len(self.inputs) + 4
+        total = numel * plan.out_dtype.itemsize + held * block * self.cd.itemsize
+        if self.method.statistic is not None:
+            total += numel * (plan.source_dtype.itemsize + self.cd.itemsize)
+        return total
+
+    def merge(self, plan: TensorPlan, model_params: list[dict], params: dict) -> torch.Tensor:
+        name, method = plan.name, self.method
+        blocks = row_blocks(plan.shape, method.granularity)
+        whole_base = None
+        if self.needs_base and (method.statistic is not None or blocks == [None]):
+            whole_base = self.base.read(name)
+        digest = new_digest() if self.fingerprint is not None and self.needs_base else None
+        if digest is not None and whole_base is not None:
+            update(digest, whole_base)
+
+        def base_rows(rows, hash_it=False):
+            if not self.needs_base:
+                return None
+            if whole_base is not None:
+                raw = whole_base if rows is None else whole_base[rows[0]:rows[1]]
+            else:
+                raw = self.base.read(name, rows)
+                if hash_it and digest is not None:
+                    update(digest, raw)
+            return raw.to(device=self.device, dtype=self.cd)
+
+        if method.statistic is not None:
+            model_params = [self._with_statistic(name, blocks, mp, params, inp, base_rows)
+                            for mp, inp in zip(model_params, self.inputs)]
+        out = None if blocks == [None] else torch.empty(plan.shape, dtype=plan.out_dtype)
+        for index, rows in enumerate(blocks):
+            b = base_rows(rows, hash_it=True)
+            mps = model_params
+            if method.random:
+                mps = [{**mp, "_seed": block_seed(mp["_seed"], index)} for mp in mps]
+            if method.statistic is not None and rows is not None:  # where the block starts in the flat tensor
+                mps = [{**mp, "_offset": rows[0] * (math.prod(plan.shape) // plan.shape[0])} for mp in mps]
+            if method.inputs == "deltas":
+                xs = (inp.delta(name, b, self.cd, self.device, rows) for inp in self.inputs)
+            else:
+                xs = (inp.weights(name, b, self.cd, self.device, rows) for inp in self.inputs)
+            merged = method.fn(b, xs if method.streaming else list(xs), mps, params)
+            if method.inputs == "deltas":
+                merged = merged.add_(b)
+            merged = check_finite(name, merged.to(plan.out_dtype), self.inputs)
+            if out is None:
+                out = merged.cpu()
+            else:
+                out[rows[0]:rows[1]].copy_(merged)
+        if digest is not None:
+            self.fingerprint.add_digest(name, plan.source_dtype, plan.shape, digest.hexdigest())
+        return out
+
+    def _with_statistic(self, name, blocks, model_params, params, inp, base_rows) -> dict:
+        magnitudes = []
+        for rows in blocks:
+            magnitudes.append(inp.delta(name, base_rows(rows), self.cd, self.device, rows).abs_().reshape(-1))
+        flat = magnitudes[0] if len(magnitudes) == 1 else torch.cat(magnitudes)
+        del magnitudes
+        return {**model_params, **self.method.statistic(flat, model_params, params)}
+
+
 def check_finite(name: str, tensor: torch.Tensor, inputs: list[Input]) -> torch.Tensor:
-    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-        bad = int((~torch.isfinite(tensor)).sum())
-        raise TaskvecError(
-            f"tensor {name!r}: the merged result has {bad} non-finite value(s) (inf or nan), from non-finite inputs "
-            f"or an overflow in the output dtype {dtype_name(tensor.dtype)}; check the inputs ({', '.join(i.label for i in inputs)}), "
-            "the weights, or use out_dtype float32 or bfloat16"
-        )
-    return tensor
+    """One cheap reduction proves a tensor finite; only if it is not are the entries checked one by one."""
+    if not tensor.is_floating_point():
+        return tensor
+    total = tensor.sum(dtype=torch.float64 if tensor.dtype == torch.float64 else torch.float32)
+    if bool(torch.isfinite(total)) or bool(torch.isfinite(tensor).all()):
+        return tensor
+    bad = int((~torch.isfinite(tensor)).sum())
+    raise TaskvecError(
+        f"tensor {name!r}: the merged result has {bad} non-finite value(s) (inf or nan), from non-finite inputs "
+        f"or an overflow in the output dtype {dtype_name(tensor.dtype)}; check the inputs "
+        f"({', '.join(i.label for i in inputs)}), the weights, or use out_dtype float32 or bfloat16"
+    )
 
 
 def _device(name: str) -> torch.device:

@@ -52,7 +52,8 @@ class Checkpoint:
     def info(self, name: str) -> TensorInfo:
         return self.tensors[name]
 
-    def read(self, name: str) -> torch.Tensor:
+    def read(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """A tensor, or only rows [start, stop) of its first dimension."""
         raise NotImplementedError
 
     def config(self) -> dict | None:
@@ -108,9 +109,9 @@ class SafetensorsCheckpoint(Checkpoint):
                 self._fds[file] = os.open(file, os.O_RDONLY)
             return self._fds[file]
 
-    def read(self, name: str) -> torch.Tensor:
+    def read(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
         file, entry = self._entries[name]
-        return read_tensor(file, entry, self._fd(file))
+        return read_tensor(file, entry, self._fd(file), rows)
 
     def close(self) -> None:
         with self._lock:
@@ -158,8 +159,9 @@ class TorchBinCheckpoint(Checkpoint):
         self._shards[file] = state
         return state
 
-    def read(self, name: str) -> torch.Tensor:
-        return self._load(self._where[name])[name].clone()
+    def read(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        tensor = self._load(self._where[name])[name]
+        return (tensor if rows is None else tensor[rows[0]:rows[1]]).clone()
 
 
 

@@ -79,26 +79,31 @@ def read_header(path: Path) -> tuple[dict[str, Entry], dict[str, str]]:
     return entries, metadata
 
 
-def read_tensor(path: Path, entry: Entry, fd: int | None = None) -> torch.Tensor:
-    """One tensor, read with positioned reads (thread-safe on a shared descriptor)."""
-    buf = torch.empty(entry.nbytes, dtype=torch.uint8)
-    if entry.nbytes:
+def read_tensor(path: Path, entry: Entry, fd: int | None = None, rows: tuple[int, int] | None = None) -> torch.Tensor:
+    """One tensor -- or the rows [start, stop) of its first dimension -- read with positioned reads (thread-safe on
+    a shared descriptor)."""
+    shape, start, nbytes = entry.shape, entry.start, entry.nbytes
+    if rows is not None:
+        row_bytes = entry.dtype.itemsize * math.prod(shape[1:])
+        shape = (rows[1] - rows[0],) + shape[1:]
+        start, nbytes = entry.start + rows[0] * row_bytes, (rows[1] - rows[0]) * row_bytes
+    buf = torch.empty(nbytes, dtype=torch.uint8)
+    if nbytes:
         view = memoryview(buf.numpy())
         own = fd is None
         if own:
             fd = os.open(path, os.O_RDONLY)
         try:
             done = 0
-            while done < entry.nbytes:
-                n = os.preadv(fd, [view[done:]], entry.start + done)
+            while done < nbytes:
+                n = os.preadv(fd, [view[done:]], start + done)
                 if n == 0:
                     raise TaskvecError(f"{path}: unexpected end of file while reading a tensor; the file is truncated")
                 done += n
         finally:
             if own:
                 os.close(fd)
-    return buf.view(entry.dtype).reshape(entry.shape)
-
+    return buf.view(entry.dtype).reshape(shape)
 
 
 class StreamingFile:

@@ -63,6 +63,10 @@ class MergeMethod:
     max_models: int | None = None
     paper: str = ""
     random: bool = False  # draws random masks: gets a per-model `_seed`
+    granularity: Literal["entry", "row", "tensor"] = "tensor"
+    # statistic(|task vector| of one model over the whole tensor, flat; that model's params; global params) -> dict
+    # of private parameters added to that model's params
+    statistic: Callable[[torch.Tensor, dict, dict], dict] | None = None
     # True: the method folds its inputs one at a time (a weighted sum), so it is handed an iterator and at most one
     # input tensor is in memory at once, however many models are merged
     streaming: bool = False

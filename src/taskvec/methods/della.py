@@ -23,8 +23,10 @@ PAPER = "Deep et al. 2024, DELLA-Merging (arXiv:2406.11617)"
 register(task_vector_method(
     "della", "drop entries with rank-based probabilities, rescale, elect signs (TIES)", magprune, consensus=True,
     normalize=True, rescale=True, model_params=MODEL_PARAMS + (EPSILON,), paper=PAPER, random=True,
+    granularity="row",
 ))
 register(task_vector_method(
     "della_linear", "drop entries with rank-based probabilities, rescale, add", magprune, consensus=False,
     normalize=False, rescale=True, model_params=MODEL_PARAMS + (EPSILON,), paper=PAPER, random=True,
+    granularity="row",
 ))

@@ -12,27 +12,31 @@ from typing import Callable
 import torch
 
 from . import WEIGHT, MergeMethod, Param
-from .sparsify import elect_sign
+from .sparsify import elect_positive
 
 Sparsifier = Callable[[torch.Tensor, dict, dict], torch.Tensor]  # (task vector, its model's params, global params)
 
 
 def merge_deltas(deltas: list[torch.Tensor], model_params: list[dict], params: dict,
                  sparsify: Sparsifier | None, consensus: str | None) -> torch.Tensor:
+    """In place on the task vectors it is given (the engine hands over fresh tensors): a few block-sized buffers."""
     weights = [p["weight"] for p in model_params]
-    sparse = [sparsify(d, p, params) if sparsify else d for d, p in zip(deltas, model_params)]
-    weighted = torch.stack([s * w for s, w in zip(sparse, weights)])
-    del sparse
-    w = torch.tensor(weights, dtype=weighted.dtype, device=weighted.device).reshape(-1, *[1] * (weighted.dim() - 1))
+    weighted = [(sparsify(d, p, params) if sparsify else d).mul_(w) for d, p, w in zip(deltas, model_params, weights)]
     if consensus:
-        agree = weighted.sign() == elect_sign(weighted, consensus)
-        merged = (weighted * agree).sum(dim=0)
-        divisor = (w * agree).sum(dim=0)
+        positive = elect_positive(weighted, consensus)
+        merged = torch.zeros_like(weighted[0])
+        divisor = torch.zeros_like(weighted[0])
+        for x, w in zip(weighted, weights):
+            agree = torch.where(positive, x > 0, x < 0)
+            merged.add_(x.mul_(agree))
+            divisor.add_(agree, alpha=w)
         divisor[divisor == 0] = 1
     else:
-        merged = weighted.sum(dim=0)
+        merged = weighted[0]
+        for x in weighted[1:]:
+            merged.add_(x)
         total = sum(weights)
-        divisor = torch.tensor(1.0 if abs(total) < 1e-8 else total, dtype=merged.dtype, device=merged.device)
+        divisor = 1.0 if abs(total) < 1e-8 else total
     if params["normalize"]:
         merged /= divisor
     return merged.mul_(params["lambda"])
@@ -57,7 +61,7 @@ MODEL_PARAMS = (WEIGHT, DENSITY)
 
 def task_vector_method(name: str, description: str, sparsify: Sparsifier | None, consensus: bool, normalize: bool,
                        rescale: bool | None, model_params: tuple[Param, ...], paper: str, random: bool = False,
-                       extra: tuple[Param, ...] = ()) -> MergeMethod:
+                       extra: tuple[Param, ...] = (), granularity: str = "entry", statistic=None) -> MergeMethod:
     """A method of this family: a sparsifier, with or without sign election, and its parameters."""
 
     def merge(base, deltas, model_params, params):
@@ -67,5 +71,5 @@ def task_vector_method(name: str, description: str, sparsify: Sparsifier | None,
     return MergeMethod(
         name=name, description=description, inputs="deltas", fn=merge,
         params=common_params(normalize, rescale, consensus) + extra, model_params=model_params, paper=paper,
-        random=random, ignored=("int8_mask",),
+        random=random, ignored=("int8_mask",), granularity=granularity, statistic=statistic,
     )

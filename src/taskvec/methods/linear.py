@@ -22,6 +22,7 @@ register(
         base="ignored",
         paper="Wortsman et al. 2022, Model soups (arXiv:2203.05482)",
         streaming=True,
+        granularity="entry",
         ignored=("int8_mask",),
     )
 )

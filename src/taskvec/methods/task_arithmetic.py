@@ -27,6 +27,7 @@ register(
         model_params=(WEIGHT,),
         paper="Ilharco et al. 2023, Editing Models with Task Arithmetic (arXiv:2212.04089)",
         streaming=True,
+        granularity="entry",
         ignored=("int8_mask", "density", "rescale"),  # mergekit 0.1.5 accepts and ignores them here
     )
 )

@@ -1,0 +1,24 @@
+"""Blocks of rows: how a large tensor is cut so that a merge holds small float32 temporaries, not whole tensors.
+
+Blocks are fixed by the tensor's shape alone (about 2M entries each, whole rows), never by thread count or memory
+budget, so everything derived per block -- DARE's random masks above all -- is the same on every run.
+"""
+
+import math
+
+BLOCK_ELEMENTS = 1 << 21
+
+
+def row_blocks(shape: tuple[int, ...], granularity: str) -> list[tuple[int, int] | None]:
+    """[(start_row, stop_row), ...], or [None] when the tensor is taken whole."""
+    if granularity == "tensor" or len(shape) < 2 or shape[0] == 0:
+        return [None]
+    rows_per_block = max(1, BLOCK_ELEMENTS // max(1, math.prod(shape[1:])))
+    if rows_per_block >= shape[0]:
+        return [None]
+    return [(r, min(shape[0], r + rows_per_block)) for r in range(0, shape[0], rows_per_block)]
+
+
+def block_seed(seed: int, index: int) -> int:
+    """A distinct, reproducible seed for block `index` of a tensor whose stream is `seed`."""
+    return (seed + 0x9E3779B97F4A7C15 * (index + 1)) % (1 << 63)
