@@ -22,24 +22,40 @@ def merge_deltas(deltas: list[torch.Tensor], model_params: list[dict], params: d
     """In place on the task vectors it is given (the engine hands over fresh tensors): a few block-sized buffers."""
     weights = [p["weight"] for p in model_params]
     weighted = [(sparsify(d, p, params) if sparsify else d).mul_(w) for d, p, w in zip(deltas, model_params, weights)]
-    if consensus:
+    normalize = params["normalize"]
+    if consensus == "sum" and not normalize:
+        merged, divisor = _agreeing_sum(weighted), 1.0
+    elif consensus:
         positive = elect_positive(weighted, consensus)
         merged = torch.zeros_like(weighted[0])
         divisor = torch.zeros_like(weighted[0])
         for x, w in zip(weighted, weights):
-            agree = torch.where(positive, x > 0, x < 0)
-            merged.add_(x.mul_(agree))
+            agree = ((x > 0) == positive) & (x != 0)  # torch.where here is 5x slower on the CPU
+            merged.add_(x * agree)
             divisor.add_(agree, alpha=w)
-        divisor[divisor == 0] = 1
     else:
         merged = weighted[0]
         for x in weighted[1:]:
             merged.add_(x)
         total = sum(weights)
         divisor = 1.0 if abs(total) < 1e-8 else total
-    if params["normalize"]:
+    if normalize:
+        if isinstance(divisor, torch.Tensor):
+            divisor[divisor == 0] = 1
         merged /= divisor
     return merged.mul_(params["lambda"])
+
+
+def _agreeing_sum(weighted: list[torch.Tensor]) -> torch.Tensor:
+    """TIES' elect-and-merge, sign elected by total mass, without masks: the positive parts and the negative parts
+    are summed apart, and each entry takes the sum whose side outweighs the other (ties to +). Same result as the
+    masked loop, in fewer passes (used when no divisor is needed)."""
+    pos = weighted[0].clamp(min=0)
+    neg = weighted[0].clamp(max=0)
+    for x in weighted[1:]:
+        pos.add_(x.clamp(min=0))
+        neg.add_(x.clamp(max=0))
+    return torch.where((pos + neg) >= 0, pos, neg)
 
 
 def common_params(normalize: bool, rescale: bool | None, consensus: bool) -> tuple[Param, ...]:
