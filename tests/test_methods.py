@@ -242,6 +242,8 @@ def test_every_method_runs_end_to_end_through_a_recipe(tmp_path, method, extra):
         model_params["density"] = 0.5
     data = {"merge_method": method, "base_model": str(tmp_path / "base"), "parameters": extra,
             "models": [{"model": str(tmp_path / f"m{i}"), "parameters": model_params} for i in range(n)]}
+    if method == "linear":  # linear would count the base as one more weighted model (as mergekit does)
+        del data["base_model"]
     merge_recipe(parse_recipe(data), tmp_path / "out", MergeOptions(progress=False))
     out = read_model(tmp_path / "out")
     assert set(out) == set(base) and all(torch.isfinite(v).all() for v in out.values())
@@ -261,7 +263,7 @@ def test_merging_in_blocks_of_rows_equals_merging_whole_tensors(tmp_path, monkey
     mp = {"density": 0.5} if method != "linear" and method != "task_arithmetic" else {}
     if method == "della_linear":
         mp["epsilon"] = 0.1
-    recipe = _recipe(tmp_path, method, ["x", "y"], {}, mp)
+    recipe = _recipe(tmp_path, method, ["x", "y"], {"weight": 0.5} if method == "linear" else {}, mp)
     monkeypatch.setattr("taskvec.blocks.BLOCK_ELEMENTS", 50)  # blocks of 4 rows
     merge_recipe(recipe, tmp_path / "blocks", MergeOptions(progress=False))
     monkeypatch.setitem(_REGISTRY, method, dataclasses.replace(_REGISTRY[method], granularity="tensor"))

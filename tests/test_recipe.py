@@ -133,7 +133,7 @@ def test_integer_tensors_are_copied_from_the_base_never_averaged(family):
     odd = toy_tensors(6)
     odd["position_ids"] = odd["position_ids"] * 7
     write_model(tmp / "odd", odd)
-    merge(recipe(base, a, tmp / "odd", method="linear", model_params={"weight": 0.5}), tmp / "out")
+    merge(recipe(base, a, tmp / "odd", method="linear", params={"weight": 0.5}), tmp / "out")
     assert torch.equal(read_model(tmp / "out")["position_ids"], toy_tensors(0)["position_ids"])
 
 
@@ -224,3 +224,14 @@ def test_mergekit_parameters_without_effect_are_accepted_with_a_warning(family):
     _, base, a, _ = family
     with pytest.warns(UserWarning, match="'density' is accepted for mergekit compatibility but has no effect"):
         parse_recipe(recipe(base, a, model_params={"weight": 1.0, "density": 0.5}))
+
+
+def test_linear_counts_an_unlisted_base_as_a_weighted_model_like_mergekit(tmp_path):
+    write_model(tmp_path / "base", {"w": torch.tensor([0.0, 4.0])})
+    write_model(tmp_path / "x", {"w": torch.tensor([2.0, 0.0])})
+    data = {"merge_method": "linear", "base_model": str(tmp_path / "base"),
+            "models": [{"model": str(tmp_path / "x"), "parameters": {"weight": 1.0}}]}
+    with pytest.raises(TaskvecError, match=r"parameter 'weight' has no value for .*base"):
+        merge(data, tmp_path / "o")
+    merge({**data, "parameters": {"weight": 3.0}}, tmp_path / "o")  # x keeps 1.0, the base takes 3.0
+    assert read_model(tmp_path / "o")["w"].tolist() == [0.5, 3.0]  # (2 + 3 * 0) / 4, (0 + 3 * 4) / 4

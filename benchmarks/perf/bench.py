@@ -136,7 +136,8 @@ def drop_caches() -> bool:
 
 def recipe(method: str, base: Path, fts: list[Path]) -> str:
     name, model_params, params = METHODS[method]
-    lines = [f"merge_method: {name}", f"base_model: {base}", "dtype: bfloat16", "models:"]
+    lines = [f"merge_method: {name}"] + ([f"base_model: {base}"] if name != "linear" else []) + ["dtype: bfloat16",
+                                                                                                 "models:"]
     for ft in fts:
         lines += [f"  - model: {ft}", f"    parameters: {json.dumps(model_params)}"]
     if params:

@@ -118,7 +118,7 @@ def merge_inputs(
     expected.discard(None)
     fingerprint = Fingerprinter() if expected and base is not None else None
     needs_base = base is not None and (
-        method.base != "ignored" or fingerprint is not None or not all(type(i) is ModelInput for i in inputs)
+        method.base != "weighted" or fingerprint is not None or not all(type(i) is ModelInput for i in inputs)
     )
 
     merger = TensorMerger(method, base, inputs, device, options.compute_dtype, needs_base, fingerprint)

@@ -122,10 +122,12 @@ def validate_recipe(recipe: Recipe, source: str = "recipe") -> MergeMethod:
 
 
 def input_specs(recipe: Recipe, method: MergeMethod) -> list[ModelSpec]:
-    """The models merged into the base. A base listed under `models` is the base, except for methods that ignore
-    the base (`linear`), where it is one more weighted model, as in mergekit."""
-    if method.base == "ignored":
-        return list(recipe.models)
+    """The models merged into the base. For methods that ignore the base (`linear`), the base is one more weighted
+    model, listed or not, as in mergekit: it takes its weight from its entry or the top-level parameters."""
+    if method.base == "weighted":
+        listed = [m.model for m in recipe.models]
+        extra = [ModelSpec(model=recipe.base_model)] if recipe.base_model and recipe.base_model not in listed else []
+        return list(recipe.models) + extra
     return [m for m in recipe.models if m.model != recipe.base_model]
 
 

@@ -58,7 +58,7 @@ class MergeMethod:
     fn: MethodFn
     params: tuple[Param, ...] = ()
     model_params: tuple[Param, ...] = ()
-    base: Literal["required", "optional", "ignored"] = "required"  # ignored: the base only lends config/tokenizer
+    base: Literal["required", "optional", "weighted"] = "required"  # weighted: an ordinary weighted input
     min_models: int = 1  # besides the base
     max_models: int | None = None
     paper: str = ""

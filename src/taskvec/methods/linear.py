@@ -19,7 +19,7 @@ register(
         fn=linear,
         params=(NORMALIZE_ON,),
         model_params=(WEIGHT,),
-        base="ignored",
+        base="weighted",
         paper="Wortsman et al. 2022, Model soups (arXiv:2203.05482)",
         streaming=True,
         granularity="entry",
