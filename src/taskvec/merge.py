@@ -139,8 +139,16 @@ def merge_inputs(
         copy_aux_files(writer, reference.folder, tokenizer_folder, dtype_name(out_dtype) if out_dtype else None)
         if card:
             writer.write_text("README.md", card)
-        stats = execute([job(p) for p in plans], writer, options.workers, label=method.name, progress=options.progress,
-                        memory_budget=options.memory_budget)
+        workers = options.workers or default_workers()
+        # block-parallel elementwise work runs best one thread per worker; statistics (TIES) use torch's own threads
+        threads = torch.get_num_threads()
+        if method.streaming and workers > 1:
+            torch.set_num_threads(1)
+        try:
+            stats = execute([job(p) for p in plans], writer, workers, label=method.name, progress=options.progress,
+                            memory_budget=options.memory_budget)
+        finally:
+            torch.set_num_threads(threads)
         notes = []
         if fingerprint is not None and fingerprint.hexdigest() not in expected:
             notes.append(
