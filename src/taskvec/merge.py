@@ -334,11 +334,15 @@ class TensorMerger:
         return out
 
     def _with_statistic(self, name, blocks, model_params, params, inp, base_rows) -> dict:
-        magnitudes = []
-        for rows in blocks:
-            magnitudes.append(inp.delta(name, base_rows(rows), self.cd, self.device, rows).abs_().reshape(-1))
-        flat = magnitudes[0] if len(magnitudes) == 1 else torch.cat(magnitudes)
-        del magnitudes
+        if blocks == [None]:
+            flat = inp.delta(name, base_rows(None), self.cd, self.device).abs_().reshape(-1)
+        else:  # one buffer filled block by block: never the blocks and their concatenation at once
+            flat = torch.empty(math.prod(self.base.info(name).shape), dtype=self.cd, device=self.device)
+            at = 0
+            for rows in blocks:
+                block = inp.delta(name, base_rows(rows), self.cd, self.device, rows).reshape(-1)
+                torch.abs(block, out=flat[at:at + block.numel()])
+                at += block.numel()
         return {**model_params, **self.method.statistic(flat, model_params, params)}
 
 
