@@ -26,9 +26,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _mergekit import ensure_mergekit  # noqa: E402
+
 HIDDEN, INTER, LAYERS, VOCAB = 64, 160, 4, 512
 
-RECIPES = {
+RECIPES: dict[str, str] = {
     "linear": """merge_method: linear
 models:
   - model: {ft1}
@@ -66,14 +69,6 @@ models:
   - model: {ft2}
     parameters: {{weight: 0.5, density: 0.7, gamma: 0.02}}
 """,
-    "breadcrumbs_ties": """merge_method: breadcrumbs_ties
-base_model: {base}
-models:
-  - model: {ft1}
-    parameters: {{weight: 1.0, density: 0.6, gamma: 0.05}}
-  - model: {ft2}
-    parameters: {{weight: 0.5, density: 0.7, gamma: 0.02}}
-""",
     "model_stock": """merge_method: model_stock
 base_model: {base}
 models:
@@ -102,6 +97,7 @@ models:
     parameters: {{weight: 0.7}}
 """,
 }
+RECIPES["breadcrumbs_ties"] = RECIPES["breadcrumbs"].replace("method: breadcrumbs", "method: breadcrumbs_ties")
 
 
 def write_family(root: Path) -> dict[str, Path]:
@@ -127,17 +123,6 @@ def write_family(root: Path) -> dict[str, Path]:
         (folder / "config.json").write_text(json.dumps(config))
         paths[name] = folder
     return paths
-
-
-def ensure_mergekit(venv: Path) -> Path:
-    exe = venv / "bin" / "mergekit-yaml"
-    if not exe.exists():
-        print(f"installing mergekit 0.1.5 into {venv} (once) ...", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
-        subprocess.run(pip + ["torch==2.13.0"], check=True)
-        subprocess.run(pip + ["mergekit==0.1.5"], check=True)
-    return exe
 
 
 def read_all(folder: Path) -> dict[str, torch.Tensor]:

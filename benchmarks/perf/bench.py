@@ -25,6 +25,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _mergekit import ensure_mergekit  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 SIZES = {  # hidden, intermediate, layers, heads, kv heads, vocab
     "small": (768, 2048, 12, 12, 12, 32000),  # 134M parameters
@@ -143,17 +146,6 @@ def recipe(method: str, base: Path, fts: list[Path]) -> str:
     if params:
         lines.append(f"parameters: {json.dumps(params)}")
     return "\n".join(lines) + "\n"
-
-
-def ensure_mergekit(venv: Path) -> Path:
-    exe = venv / "bin" / "mergekit-yaml"
-    if not exe.exists():
-        print(f"installing mergekit 0.1.5 into {venv} ...", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
-        subprocess.run(pip + ["torch==2.13.0"], check=True)
-        subprocess.run(pip + ["mergekit==0.1.5"], check=True)
-    return exe
 
 
 def measure(name: str, make_cmd, out: Path, repeats: int, cold: bool) -> dict:

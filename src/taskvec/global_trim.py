@@ -7,11 +7,16 @@ holds each wanted rank, and pass 2 counts the low 16 bits of the entries in that
 value. The result is exact, not an approximation; the cost is two extra reads of the inputs.
 """
 
+import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
 import torch
+
+from .errors import TaskvecError
+from .methods import MergeMethod
+from .methods.sparsify import keep_count
 
 HI_BINS, LO_BINS = 1 << 15, 1 << 16
 
@@ -71,3 +76,52 @@ def exact_ascending_ranks(
             found.append(float(torch.tensor([(b << 16) | low], dtype=torch.int32).view(torch.float32)))
         values.append(found)
     return values
+
+
+def global_scope(method: MergeMethod, resolved: dict) -> bool:
+    if method.param("trim_scope") is None or not resolved:
+        return False
+    scopes = {params["trim_scope"] for _, params in resolved.values()}
+    if len(scopes) > 1:
+        raise TaskvecError(f"{method.name}: trim_scope must be the same for every tensor (filters or gradients set it "
+                           "to both 'tensor' and 'global')")
+    return scopes == {"global"}
+
+
+def set_global_thresholds(method, resolved, plans, base, inputs, device, workers: int) -> None:
+    """trim_scope: global -- rank magnitudes over each whole task vector (two extra streaming passes, exact)."""
+    names = [p.name for p in plans]
+    per_model = {}
+    for key in ("density", "gamma"):
+        if method.param(key) is None:
+            continue
+        for i, inp in enumerate(inputs):
+            values = {resolved[n][0][i][key] for n in names}
+            if len(values) > 1:
+                raise TaskvecError(f"{method.name}: trim_scope global needs one {key} per model, but {inp.label} has "
+                                   f"{len(values)} different values across tensors (filters or gradients)")
+            per_model.setdefault(i, {})[key] = values.pop()
+    total = sum(math.prod(p.shape) for p in plans)
+    ranks, spans = [], []
+    for i in range(len(inputs)):
+        density = per_model[i]["density"]
+        if "gamma" in per_model[i]:  # breadcrumbs: keep ascending ranks [bottom, bottom + keep)
+            keep = int(density * total) if density < 1 else total
+            bottom = max(0, total - keep - int(per_model[i]["gamma"] * total)) if density < 1 else 0
+            spans.append((bottom + 1, bottom + keep) if keep else None)
+        else:  # ties: keep the k largest
+            keep = keep_count(total, density)
+            spans.append((total - keep + 1,) if keep else None)
+        ranks.append(list(spans[-1] or ()))
+    def read_deltas(name):
+        b = base.read(name).to(device=device, dtype=torch.float32)
+        return [inp.delta(name, b, torch.float32, device) for inp in inputs]
+
+    values = exact_ascending_ranks(names, read_deltas, ranks, workers)
+    for i, found in enumerate(values):
+        if spans[i] is None:
+            threshold = (math.inf, -math.inf) if "gamma" in per_model[i] else math.inf
+        else:
+            threshold = (found[0], found[1]) if "gamma" in per_model[i] else found[0]
+        for n in names:
+            resolved[n][0][i]["_threshold"] = threshold

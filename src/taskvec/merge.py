@@ -18,13 +18,12 @@ from .dtypes import dtype_name, parse_dtype
 from .engine import DEFAULT_MEMORY_BUDGET, Job, RunStats, default_workers, execute
 from .errors import TaskvecError
 from .fingerprint import Fingerprinter, new_digest, update
-from .global_trim import exact_ascending_ranks
+from .global_trim import global_scope, set_global_thresholds
 from .inputs import Input, ModelInput, StoredVectorInput, is_task_vector, open_input
 from .io.checkpoint import Checkpoint, open_checkpoint
 from .io.model_folder import copy_aux_files, model_card
 from .io.writer import ShardedWriter, prepare_target
 from .methods import REQUIRED, MergeMethod
-from .methods.sparsify import keep_count
 from .plan import TensorPlan, plan_tensors
 from .recipe import Recipe, input_specs, load_recipe, validate_recipe
 from .settings import count_layers, evaluate, position
@@ -131,8 +130,9 @@ def merge_inputs(
         return Job(plan.name, plan.shape, plan.out_dtype, plan.read_bytes,
                    lambda: merger.merge(plan, model_params, params), merger.memory(plan))
 
-    if _global_scope(method, resolved):
-        set_global_thresholds(method, resolved, [p for p in plans if p.merge], base, inputs, options)
+    if global_scope(method, resolved):
+        set_global_thresholds(method, resolved, [p for p in plans if p.merge], base, inputs, device,
+                              options.workers or default_workers())
 
     specs = [(p.name, p.out_dtype, p.shape) for p in plans]
     with ShardedWriter(out, specs, options.shard_size, force=options.force) as writer:
@@ -201,57 +201,6 @@ def _model_seeds(seed: int, inputs: list[Input]) -> list[str]:
 def _tensor_seed(model_key: str, tensor: str) -> int:
     digest = hashlib.blake2b(f"{model_key}\0{tensor}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
-
-
-def _global_scope(method: MergeMethod, resolved: dict) -> bool:
-    if method.param("trim_scope") is None or not resolved:
-        return False
-    scopes = {params["trim_scope"] for _, params in resolved.values()}
-    if len(scopes) > 1:
-        raise TaskvecError(f"{method.name}: trim_scope must be the same for every tensor (filters or gradients set it "
-                           "to both 'tensor' and 'global')")
-    return scopes == {"global"}
-
-
-def set_global_thresholds(method, resolved, plans, base, inputs, options) -> None:
-    """trim_scope: global -- rank magnitudes over each whole task vector (two extra streaming passes, exact)."""
-    names = [p.name for p in plans]
-    per_model = {}
-    for key in ("density", "gamma"):
-        if method.param(key) is None:
-            continue
-        for i, inp in enumerate(inputs):
-            values = {resolved[n][0][i][key] for n in names}
-            if len(values) > 1:
-                raise TaskvecError(f"{method.name}: trim_scope global needs one {key} per model, but {inp.label} has "
-                                   f"{len(values)} different values across tensors (filters or gradients)")
-            per_model.setdefault(i, {})[key] = values.pop()
-    total = sum(math.prod(p.shape) for p in plans)
-    ranks, spans = [], []
-    for i in range(len(inputs)):
-        density = per_model[i]["density"]
-        if "gamma" in per_model[i]:  # breadcrumbs: keep ascending ranks [bottom, bottom + keep)
-            keep = int(density * total) if density < 1 else total
-            bottom = max(0, total - keep - int(per_model[i]["gamma"] * total)) if density < 1 else 0
-            spans.append((bottom + 1, bottom + keep) if keep else None)
-        else:  # ties: keep the k largest
-            keep = keep_count(total, density)
-            spans.append((total - keep + 1,) if keep else None)
-        ranks.append(list(spans[-1] or ()))
-    device = _device(options.device)
-
-    def read_deltas(name):
-        b = base.read(name).to(device=device, dtype=torch.float32)
-        return [inp.delta(name, b, torch.float32, device) for inp in inputs]
-
-    values = exact_ascending_ranks(names, read_deltas, ranks, options.workers or default_workers())
-    for i, found in enumerate(values):
-        if spans[i] is None:
-            threshold = (math.inf, -math.inf) if "gamma" in per_model[i] else math.inf
-        else:
-            threshold = (found[0], found[1]) if "gamma" in per_model[i] else found[0]
-        for n in names:
-            resolved[n][0][i]["_threshold"] = threshold
 
 
 class TensorMerger:
