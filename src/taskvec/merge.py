@@ -101,6 +101,7 @@ def merge_inputs(
 ) -> MergeResult:
     """Merge ``inputs`` into ``base`` with ``method``; settings are recipe-style (scalars, gradients, filters)."""
     device = _device(options.device)
+    workers = options.workers or default_workers()
     _refuse_overwriting_inputs(out, [base] if base else [], inputs)
     order = sorted(range(len(inputs)), key=lambda i: inputs[i].label)  # canonical: model order changes nothing
     reference = base if base is not None else inputs[0].checkpoint
@@ -131,15 +132,13 @@ def merge_inputs(
                    lambda: merger.merge(plan, model_params, params), merger.memory(plan))
 
     if global_scope(method, resolved):
-        set_global_thresholds(method, resolved, [p for p in plans if p.merge], base, inputs, device,
-                              options.workers or default_workers())
+        set_global_thresholds(method, resolved, [p for p in plans if p.merge], base, inputs, device, workers)
 
     specs = [(p.name, p.out_dtype, p.shape) for p in plans]
     with ShardedWriter(out, specs, options.shard_size, force=options.force) as writer:
         copy_aux_files(writer, reference.folder, tokenizer_folder, dtype_name(out_dtype) if out_dtype else None)
         if card:
             writer.write_text("README.md", card)
-        workers = options.workers or default_workers()
         # block-parallel elementwise work runs best one thread per worker; statistics (TIES) use torch's own threads
         threads = torch.get_num_threads()
         if method.streaming and workers > 1:
