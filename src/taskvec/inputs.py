@@ -50,7 +50,10 @@ class ModelInput(Input):
         return self.checkpoint.read(name, rows).to(device=device, dtype=dtype)
 
     def delta(self, name, base, dtype, device, rows=None):
-        return self.weights(name, base, dtype, device, rows).sub_(base)
+        raw = self.checkpoint.read(name, rows).to(device)
+        if raw.dtype != dtype and torch.promote_types(raw.dtype, base.dtype) == dtype:
+            return torch.sub(raw, base)  # converts while subtracting: one pass, one buffer
+        return raw.to(dtype).sub_(base)
 
 
 class StoredVectorInput(Input):

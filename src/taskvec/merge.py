@@ -272,11 +272,10 @@ class TensorMerger:
             merged = method.fn(b, xs if method.streaming else list(xs), mps, params)
             if method.inputs == "deltas":
                 merged = merged.add_(b)
-            merged = check_finite(name, merged.to(plan.out_dtype), self.inputs)
             if out is None:
-                out = merged.cpu()
-            else:
-                out[rows[0]:rows[1]].copy_(merged)
+                out = check_finite(name, merged.to(plan.out_dtype), self.inputs).cpu()
+            else:  # cast while copying into place, then check the stored values
+                check_finite(name, out[rows[0]:rows[1]].copy_(merged), self.inputs)
         if digest is not None:
             self.fingerprint.add_digest(name, plan.source_dtype, plan.shape, digest.hexdigest())
         return out
