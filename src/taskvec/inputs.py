@@ -50,10 +50,7 @@ class ModelInput(Input):
         return self.checkpoint.read(name, rows).to(device=device, dtype=dtype)
 
     def delta(self, name, base, dtype, device, rows=None):
-        raw = self.checkpoint.read(name, rows).to(device)
-        if raw.dtype != dtype and torch.promote_types(raw.dtype, base.dtype) == dtype:
-            return torch.sub(raw, base)  # converts while subtracting: one pass, one buffer
-        return raw.to(dtype).sub_(base)
+        return self.weights(name, base, dtype, device, rows).sub_(base)
 
 
 class StoredVectorInput(Input):
