@@ -48,8 +48,3 @@ def parse_dtype(name: str, where: str = "dtype") -> torch.dtype:
 def dtype_name(dtype: torch.dtype) -> str:
     """``torch.bfloat16`` -> ``bfloat16`` (the spelling config.json uses)."""
     return str(dtype).removeprefix("torch.")
-
-
-def is_float(dtype: torch.dtype) -> bool:
-    """Only floating tensors are merged; integer tensors and masks are copied as they are."""
-    return dtype.is_floating_point

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from . import WEIGHT, MergeMethod, Param
+from . import WEIGHT, MergeMethod, Param, weight_total
 from .sparsify import elect_positive
 
 Sparsifier = Callable[[torch.Tensor, dict, dict], torch.Tensor]  # (task vector, its model's params, global params)
@@ -37,8 +37,7 @@ def merge_deltas(deltas: list[torch.Tensor], model_params: list[dict], params: d
         merged = weighted[0]
         for x in weighted[1:]:
             merged.add_(x)
-        total = sum(weights)
-        divisor = 1.0 if abs(total) < 1e-8 else total
+        divisor = weight_total(weights)
     if normalize:
         if isinstance(divisor, torch.Tensor):
             divisor[divisor == 0] = 1
