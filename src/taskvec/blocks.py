@@ -5,6 +5,9 @@ budget, so everything derived per block -- DARE's random masks above all -- is t
 """
 
 import math
+from collections.abc import Callable
+
+import torch
 
 BLOCK_ELEMENTS = 1 << 21
 
@@ -22,3 +25,17 @@ def row_blocks(shape: tuple[int, ...], granularity: str) -> list[tuple[int, int]
 def block_seed(seed: int, index: int) -> int:
     """A distinct, reproducible seed for block `index` of a tensor whose stream is `seed`."""
     return (seed + 0x9E3779B97F4A7C15 * (index + 1)) % (1 << 63)
+
+
+def abs_flat(shape: tuple[int, ...], blocks: list, read: Callable, dtype: torch.dtype, device) -> torch.Tensor:
+    """|x| of a whole tensor as one flat buffer, filled block by block (``read(rows)`` gives a block): a per-tensor
+    statistic needs the whole tensor, but never the blocks and their concatenation at once."""
+    if blocks == [None]:
+        return read(None).to(dtype).abs_().reshape(-1)
+    flat = torch.empty(math.prod(shape), dtype=dtype, device=device)
+    at = 0
+    for rows in blocks:
+        block = read(rows).reshape(-1)
+        torch.abs(block, out=flat[at:at + block.numel()])
+        at += block.numel()
+    return flat

@@ -78,6 +78,13 @@ def exact_ascending_ranks(
     return values
 
 
+def top_k_rank(total: int, density: float) -> int | None:
+    """The ascending rank (1-based) of the smallest magnitude kept when the top `density` of `total` entries are
+    kept (``keep_count`` of them), or None when nothing is kept."""
+    keep = keep_count(total, density)
+    return total - keep + 1 if keep else None
+
+
 def global_scope(method: MergeMethod, resolved: dict) -> bool:
     if method.param("trim_scope") is None or not resolved:
         return False
@@ -110,8 +117,8 @@ def set_global_thresholds(method, resolved, plans, base, inputs, device, workers
             bottom = max(0, total - keep - int(per_model[i]["gamma"] * total)) if density < 1 else 0
             spans.append((bottom + 1, bottom + keep) if keep else None)
         else:  # ties: keep the k largest
-            keep = keep_count(total, density)
-            spans.append((total - keep + 1,) if keep else None)
+            rank = top_k_rank(total, density)
+            spans.append((rank,) if rank else None)
         ranks.append(list(spans[-1] or ()))
     def read_deltas(name):
         b = base.read(name).to(device=device, dtype=torch.float32)

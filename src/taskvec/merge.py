@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .blocks import block_seed, row_blocks
+from .blocks import abs_flat, block_seed, row_blocks
 from .dtypes import dtype_name, parse_dtype
 from .engine import DEFAULT_MEMORY_BUDGET, Job, RunStats, default_workers, execute
 from .errors import TaskvecError
@@ -281,15 +281,8 @@ class TensorMerger:
         return out
 
     def _with_statistic(self, name, blocks, model_params, params, inp, base_rows) -> dict:
-        if blocks == [None]:
-            flat = inp.delta(name, base_rows(None), self.cd, self.device).abs_().reshape(-1)
-        else:  # one buffer filled block by block: never the blocks and their concatenation at once
-            flat = torch.empty(math.prod(self.base.info(name).shape), dtype=self.cd, device=self.device)
-            at = 0
-            for rows in blocks:
-                block = inp.delta(name, base_rows(rows), self.cd, self.device, rows).reshape(-1)
-                torch.abs(block, out=flat[at:at + block.numel()])
-                at += block.numel()
+        flat = abs_flat(self.base.info(name).shape, blocks,
+                        lambda rows: inp.delta(name, base_rows(rows), self.cd, self.device, rows), self.cd, self.device)
         return {**model_params, **self.method.statistic(flat, model_params, params)}
 
 

@@ -7,7 +7,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 
 
 class Reporter:
-    def __init__(self, label: str, total_tensors: int, total_bytes: int, enabled: bool = True, stream=None):
+    def __init__(self, label: str, total_tensors: int, total_bytes: int, enabled: bool = True, stream=None,
+                 unit: str = "tensors"):
+        self.unit = unit  # what one advance() counts
         self.stream = stream or sys.stderr
         self.label = label
         self.total_tensors = total_tensors
@@ -20,7 +22,7 @@ class Reporter:
         self._bar = None
         if enabled and self.stream.isatty():
             self._bar = Progress(
-                TextColumn("{task.description} tensors"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+                TextColumn("{task.description} " + unit), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
                 transient=False,
             )
             self._task = self._bar.add_task(f"{label} 0/{total_tensors}", total=self.total_bytes)
@@ -39,7 +41,7 @@ class Reporter:
                 rate = self.bytes / max(now - self.start, 1e-9)
                 eta = (self.total_bytes - self.bytes) / rate if rate > 0 else 0
                 print(
-                    f"{self.label}: {self.tensors}/{self.total_tensors} tensors, {self.bytes / 1e6:.0f}/"
+                    f"{self.label}: {self.tensors}/{self.total_tensors} {self.unit}, {self.bytes / 1e6:.0f}/"
                     f"{self.total_bytes / 1e6:.0f} MB read ({pct:.0f}%), ETA {eta:.0f} s",
                     file=self.stream, flush=True,
                 )

@@ -19,6 +19,13 @@ def layer_index(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def module_type(name: str) -> str:
+    """What a tensor is within its block, the same in every layer (``model.layers.7.mlp.down_proj.weight`` ->
+    ``mlp.down_proj.weight``); a tensor outside the layers is its own full name."""
+    m = _LAYER.search(name)
+    return name[m.end():] if m else name
+
+
 def count_layers(names: list[str], config: dict | None) -> int:
     """Number of blocks: from config.json when it says, else from the tensor names."""
     for key in ("num_hidden_layers", "n_layer", "num_layers"):

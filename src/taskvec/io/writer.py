@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -46,6 +47,42 @@ def prepare_target(target: Path, force: bool) -> None:
             raise TaskvecError(f"{target}: output folder already exists; pass --force to replace it")
 
 
+def temp_folder(target: Path) -> Path:
+    """A fresh hidden folder beside `target`, where an output is built before it is renamed into place."""
+    tmp = target.parent / f".{target.name}.taskvec-tmp-{uuid.uuid4().hex[:8]}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp.mkdir()
+    return tmp
+
+
+def move_into_place(tmp: Path, target: Path, force: bool) -> None:
+    """Rename a complete `tmp` folder to `target`; an existing target (allowed only with `force`) is removed only
+    once the new folder is in place."""
+    _fsync_dir(tmp)
+    old = None
+    if target.exists():
+        prepare_target(target, force)
+        old = target.parent / f".{target.name}.taskvec-old-{uuid.uuid4().hex[:8]}"
+        os.rename(target, old)
+    os.rename(tmp, target)
+    _fsync_dir(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def atomic_folder(target: Path, force: bool = False):
+    """Write files into the yielded temporary folder; it becomes `target` only if the block finishes."""
+    target = Path(target)
+    prepare_target(target, force)
+    tmp = temp_folder(target)
+    try:
+        yield tmp
+        move_into_place(tmp, target, force)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _plan_shards(specs: list[tuple[str, torch.dtype, tuple[int, ...]]], shard_size: int):
     shards: list[list[tuple[str, torch.dtype, tuple[int, ...]]]] = [[]]
     used = 0
@@ -76,9 +113,7 @@ class ShardedWriter:
         prepare_target(self.target, force)
         self.force = force
         self.metadata = {"format": "pt", **(metadata or {})}
-        self.tmp = self.target.parent / f".{self.target.name}.taskvec-tmp-{uuid.uuid4().hex[:8]}"
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp.mkdir()
+        self.tmp = temp_folder(self.target)
         shards = _plan_shards(specs, shard_size)
         n = len(shards)
         names = [f"{prefix}.safetensors"] if n == 1 else [f"{prefix}-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
@@ -127,16 +162,7 @@ class ShardedWriter:
         if self._index_name:
             index = {"metadata": {"total_size": self.total_size}, "weight_map": self.weight_map}
             self.write_text(self._index_name, json.dumps(index, indent=2, sort_keys=True) + "\n")
-        _fsync_dir(self.tmp)
-        old = None
-        if self.target.exists():
-            prepare_target(self.target, self.force)
-            old = self.target.parent / f".{self.target.name}.taskvec-old-{uuid.uuid4().hex[:8]}"
-            os.rename(self.target, old)
-        os.rename(self.tmp, self.target)
-        _fsync_dir(self.target.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        move_into_place(self.tmp, self.target, self.force)
         self._done = True
         return self.target
 
