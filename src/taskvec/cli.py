@@ -14,7 +14,9 @@ from . import __version__
 from .dtypes import parse_dtype
 from .errors import TaskvecError
 from .inputs import is_task_vector
-from .io.writer import parse_size
+from .inspect import inspect_vectors
+from .inspect.report import settings_line, tables
+from .io.writer import parse_size, prepare_target
 from .merge import MergeOptions, MergeResult, merge_recipe
 from .methods import REQUIRED, all_methods
 from .vector import TaskVector
@@ -134,6 +136,42 @@ def extract(
     path = TaskVector.from_models(base, finetuned).save(out, dtype=dtype, options=options)
     if not quiet:
         err.print(f"wrote task vector {path}", highlight=False)
+
+
+@app.command("inspect")
+@friendly
+def inspect_command(
+    vectors: Annotated[list[str], typer.Argument(help="fine-tuned models (need --base) and/or stored task vectors")],
+    base: Annotated[Optional[str], typer.Option("--base", help="the model the fine-tuned models started from")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="report folder: report.json, report.html, PNGs")] = None,
+    tolerance: Annotated[float, typer.Option("--tolerance", help="an entry counts as changed if |delta| > this")] = 0.0,
+    density: Annotated[float, typer.Option("--density", help="TIES' per-tensor trim density for the drop estimate")] = 0.2,
+    force: Force = False, quiet: Quiet = False,
+):
+    """Norms, top-k overlap, sign conflicts and TIES' losses of task vectors: see interference before merging."""
+    if out is not None:
+        prepare_target(out, force)  # fail now, not after reading every input
+        _refuse_overwriting_inputs(out, [Path(p) for p in vectors + ([base] if base else [])])
+    report = inspect_vectors(vectors, base, tolerance=tolerance, density=density, progress=not quiet)
+    console = Console()
+    for t in tables(report):
+        table = Table(title=t.title, title_justify="left")
+        for i, col in enumerate(t.columns):
+            table.add_column(col, justify="left" if i < 2 or col == "layer" else "right")
+        for row in t.rows:
+            table.add_row(*row)
+        console.print(table)
+    console.print(settings_line(report), highlight=False)
+    if out is not None:
+        err.print(f"wrote report {report.save(out, force)}", highlight=False)
+
+
+def _refuse_overwriting_inputs(out: Path, paths: list[Path]) -> None:
+    """--force replaces the report folder: never let that be (or contain) an input."""
+    target = out.resolve()
+    for p in paths:
+        if p.exists() and (target == p.resolve() or target in p.resolve().parents):
+            raise TaskvecError(f"{out}: is an input or contains one; write the report somewhere else")
 
 
 @app.command()
