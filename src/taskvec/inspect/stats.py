@@ -36,9 +36,11 @@ class VectorSums:
     l1: float = 0.0
     changed: int = 0
     in_top: dict = field(default_factory=dict)  # k -> entries in the top-k% mask
+    trim_dropped: float = 0.0  # L1 mass outside TIES' per-tensor trim
 
     def add(self, other: "VectorSums") -> None:
         self.numel += other.numel
+        self.trim_dropped += other.trim_dropped
         self.sumsq += other.sumsq
         self.l1 += other.l1
         self.changed += other.changed
@@ -52,14 +54,12 @@ class PairSums:
     both_changed: int = 0
     opposite: int = 0
     top_both: dict = field(default_factory=dict)  # k -> entries in both top-k% masks
-    trim_dropped: float = 0.0  # L1 mass (of both vectors) that TIES' trim removes
-    sign_dropped: float = 0.0  # L1 mass of trimmed entries that lose the sign election
+    sign_dropped: float = 0.0  # L1 mass of trimmed entries that lose the sign election (TIES' trim: per vector)
 
     def add(self, other: "PairSums") -> None:
         self.dot += other.dot
         self.both_changed += other.both_changed
         self.opposite += other.opposite
-        self.trim_dropped += other.trim_dropped
         self.sign_dropped += other.sign_dropped
         for k, v in other.top_both.items():
             self.top_both[k] = self.top_both.get(k, 0) + v
@@ -70,49 +70,51 @@ class BlockView:
     """What the pair sums need of one vector's block, computed once per block and shared by all its pairs."""
 
     d: torch.Tensor  # the block, float32, as the merge computes
-    d64: torch.Tensor  # the same in float64, for the sums
+    d64: torch.Tensor  # the same in float64 and flat, for the sums
+    magnitude: torch.Tensor  # |δ| in float64, flat
+    positive: torch.Tensor  # δ > 0
     changed: torch.Tensor  # |δ| > tolerance
     top: dict  # k -> top-k% mask
     kept: torch.Tensor  # TIES' trim mask of this tensor
+    trimmed: torch.Tensor  # δ where kept, else 0 (float32, as TIES' election sees it)
 
 
 def view(d: torch.Tensor, tolerance: float, thresholds: dict, kept: torch.Tensor) -> BlockView:
     """A block with its masks: `thresholds` maps k to the vector's global top-k% magnitude threshold."""
+    d = d.reshape(-1)
     magnitude = d.abs()
-    top = {k: (magnitude >= t) & (d != 0) for k, t in thresholds.items()}
-    return BlockView(d, d.to(torch.float64), magnitude > tolerance, top, kept)
+    top = {k: (magnitude >= t) if t > 0 else (magnitude >= t) & (d != 0) for k, t in thresholds.items()}
+    d64 = d.to(torch.float64)
+    kept = kept.reshape(-1)
+    return BlockView(d, d64, d64.abs(), d > 0, magnitude > tolerance, top, kept, d * kept)
 
 
 def vector_sums(v: BlockView) -> VectorSums:
     return VectorSums(
-        numel=v.d.numel(), sumsq=float(torch.dot(v.d64.reshape(-1), v.d64.reshape(-1))),
-        l1=float(v.d64.abs().sum()), changed=int(torch.count_nonzero(v.changed)),
+        numel=v.d.numel(), sumsq=float(torch.dot(v.d64, v.d64)), l1=float(v.magnitude.sum()), changed=int(torch.count_nonzero(v.changed)),
         in_top={k: int(torch.count_nonzero(m)) for k, m in v.top.items()},
+        trim_dropped=float(torch.where(v.kept, 0.0, v.magnitude).sum()),
     )
 
 
-def ties_dropped(a: BlockView, b: BlockView) -> tuple[float, float]:
-    """(mass removed by trimming, mass removed by sign election) of a two-vector TIES merge with weights 1."""
-    trimmed = [a.d * a.kept, b.d * b.kept]
-    positive = elect_positive(trimmed, "sum")
-    trim = sign = 0.0
-    for v, x in zip((a, b), trimmed):
-        magnitude = v.d64.abs()
-        trim += float(magnitude[~v.kept].sum())
-        loses = v.kept & (x != 0) & ((x > 0) != positive)
-        sign += float(magnitude[loses].sum())
-    return trim, sign
+def sign_dropped(a: BlockView, b: BlockView) -> float:
+    """Mass removed by the sign election of a two-vector TIES merge with weights 1 (after each vector's trim)."""
+    positive = elect_positive([a.trimmed, b.trimmed], "sum")
+    lost = 0.0
+    for v in (a, b):
+        loses = (v.trimmed != 0) & (v.positive != positive)
+        lost += float(torch.where(loses, v.magnitude, 0.0).sum())
+    return lost
 
 
 def pair_sums(a: BlockView, b: BlockView) -> PairSums:
     both = a.changed & b.changed
-    trim, sign = ties_dropped(a, b)
     return PairSums(
-        dot=float(torch.dot(a.d64.reshape(-1), b.d64.reshape(-1))),
+        dot=float(torch.dot(a.d64, b.d64)),
         both_changed=int(torch.count_nonzero(both)),
-        opposite=int(torch.count_nonzero(both & ((a.d > 0) != (b.d > 0)))),
+        opposite=int(torch.count_nonzero(both & (a.positive ^ b.positive))),
         top_both={k: int(torch.count_nonzero(a.top[k] & b.top[k])) for k in a.top},
-        trim_dropped=trim, sign_dropped=sign,
+        sign_dropped=sign_dropped(a, b),
     )
 
 
@@ -224,6 +226,6 @@ def pair_stats(totals: Totals, pair: tuple[int, int], labels: list[str]) -> Pair
         a=labels[i], b=labels[j], cosine=cosine(s.dot, a.sumsq, b.sumsq),
         sign_conflict_rate=ratio(s.opposite, s.both_changed), both_changed=s.both_changed, opposite_signs=s.opposite,
         top_k_jaccard={k: jaccard(s.top_both[k], a.in_top[k], b.in_top[k]) for k in s.top_both},
-        ties_trim_dropped=ratio(s.trim_dropped, mass), ties_sign_dropped=ratio(s.sign_dropped, mass),
-        ties_total_dropped=ratio(s.trim_dropped + s.sign_dropped, mass), l1_mass=mass, by_layer=by_layer,
+        ties_trim_dropped=ratio(a.trim_dropped + b.trim_dropped, mass), ties_sign_dropped=ratio(s.sign_dropped, mass),
+        ties_total_dropped=ratio(a.trim_dropped + b.trim_dropped + s.sign_dropped, mass), l1_mass=mass, by_layer=by_layer,
     )
