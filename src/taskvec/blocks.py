@@ -1,6 +1,6 @@
 """Blocks of rows: how a large tensor is cut so that a merge holds small float32 temporaries, not whole tensors.
 
-Blocks are fixed by the tensor's shape alone (about 2M entries each, whole rows), never by thread count or memory
+Blocks are fixed by the tensor's shape alone (about 256K entries each, whole rows), never by thread count or memory
 budget, so everything derived per block -- DARE's random masks above all -- is the same on every run.
 """
 
@@ -9,7 +9,9 @@ from collections.abc import Callable
 
 import torch
 
-BLOCK_ELEMENTS = 1 << 21
+# 1 MB of float32 per temporary: a block's handful of temporaries stay in a core's L2 cache. On the 1.1B benchmark
+# (2 cores) task arithmetic took 10.1 s with 2M-entry blocks, 7.6 s with 512K and 6.5 s with 256K.
+BLOCK_ELEMENTS = 1 << 18
 
 
 def row_blocks(shape: tuple[int, ...], granularity: str) -> list[tuple[int, int] | None]:
