@@ -17,7 +17,7 @@ import torch
 from data import bbc_texts, tweets_by_sentiment
 from merging import merged
 
-GRID = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
+GRID = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
 KEEP = 0.95
 PROMPTS = ("@united my flight was", "I can't believe", "The government announced on Tuesday that",
            "Shares in the company")
