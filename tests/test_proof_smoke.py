@@ -27,7 +27,11 @@ def test_proof_suite_smoke(tmp_path):
     for r in full.values():
         assert set(r["test"]) == set(names) and all(0 <= a <= 1 for a in r["test"].values())
         assert r["config"] in [g["config"] for g in r["grid"]]  # the pick is one of the validated grid points
-    assert len(seed["merges"]) == 2  # the full merge and one smaller subset
+    assert len(seed["merges"]) == 2  # the full merge and one pair
+    interference = json.loads((tmp_path / "results" / "interference.json").read_text())
+    assert [sorted(r["pair"]) for r in interference["pairs"]] == [sorted(k.split("+")) for k in seed["merges"]
+                                                                  if k.count("+") == 1]
+    assert (tmp_path / "inspect" / "report.html").is_file()
     for name in names:  # fine-tuned models are ordinary Hugging Face folders that taskvec can merge again
         folder = Path(seed["models"][name])
         assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
@@ -41,6 +45,6 @@ def test_proof_suite_smoke(tmp_path):
     assert 0 <= analogy["sweep"][0]["real/test"] <= 1 and "real/test/oracle" in analogy["oracle"]
 
     report = (tmp_path / "REPORT.md").read_text()
-    for heading in ("## Addition", "## Negation", "## Analogy", "SMOKE RUN"):
+    for heading in ("## Addition", "## Interference", "## Negation", "## Analogy", "SMOKE RUN"):
         assert heading in report
     assert not list((tmp_path / "cache" / "merges").glob("merge-*"))  # merged models are removed once scored

@@ -110,7 +110,7 @@ def run_seed(setup: Setup, seed: int, subsets: bool) -> dict:
     groups = [tuple(names)]
     if subsets:
         smaller = [g for k in range(len(names) - 1, 1, -1) for g in itertools.combinations(names, k)]
-        groups += smaller if setup.max_subsets is None else smaller[:setup.max_subsets]
+        groups += smaller if setup.max_subsets is None else smaller[-setup.max_subsets:]  # pairs come last
     for group in groups:
         key = "+".join(group)
         grids = setup.grids if len(group) == len(names) else setup.subset_grids

@@ -66,9 +66,11 @@ def run(base: Path, results_dir: Path, report_dir: Path) -> dict:
     rows = []
     for p in report.to_dict()["pairs"]:
         pair = frozenset({labels[p["a"]], labels[p["b"]]})
+        if pair not in losses:  # smoke runs merge a single pair
+            continue
         rows.append({"pair": sorted(pair), **{m: f(p) for m, f in METRICS.items()}, **losses[pair]})
     correlations = {loss: {m: spearman([r[m] for r in rows], [r[loss] for r in rows]) for m in METRICS}
-                    for loss in next(iter(losses.values()))}
+                    for loss in next(iter(losses.values()), {})}
     return {"pairs": rows, "spearman": correlations, "report_dir": str(report_dir)}
 
 
