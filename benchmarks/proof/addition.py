@@ -234,7 +234,7 @@ def markdown(results: dict, out_dir: Path, title: str = "## Addition: one MiniLM
     names = list(next(iter(seeds.values()))["tasks"])
     splits = results["settings"]["splits"]
     parts = [
-        title,
+        title, "",
         "Tasks: " + ", ".join(
             f"{n} ({results['settings']['classes'][n]} classes; train/val/test "
             f"{splits[n]['train']}/{splits[n]['val']}/{splits[n]['test']})" for n in names) + ". "

@@ -54,6 +54,7 @@ def main(argv=None) -> None:
                     help="addition only: fine-tune 2x longer at 4x the learning rate (results/addition-strong.json)")
     ap.add_argument("--report-only", action="store_true", help="rewrite REPORT.md from the results JSON files")
     args = ap.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows up at once under make and in logs
     torch.set_num_threads(os.cpu_count() or 1)
     quiet_transformers()
     cache = args.cache or ROOT / ".cache" / ("proof-smoke" if args.smoke else "proof")
