@@ -18,6 +18,7 @@ from .dtypes import dtype_name, parse_dtype
 from .engine import DEFAULT_MEMORY_BUDGET, Job, RunStats, default_workers, execute
 from .errors import TaskvecError
 from .fingerprint import Fingerprinter, new_digest, update
+from .fused import FusedMerger
 from .global_trim import global_scope, set_global_thresholds
 from .inputs import Input, ModelInput, StoredVectorInput, is_task_vector, open_input
 from .io.checkpoint import Checkpoint, open_checkpoint
@@ -122,12 +123,18 @@ def merge_inputs(
     )
 
     merger = TensorMerger(method, base, inputs, device, options.compute_dtype, needs_base, fingerprint)
+    fused = None
+    if FusedMerger.applies(method, base, inputs, device, options.compute_dtype, fingerprint):
+        fused = FusedMerger(method, base, inputs)
 
     def job(plan: TensorPlan) -> Job:
         if not plan.merge:
             return Job(plan.name, plan.shape, plan.out_dtype, plan.read_bytes, lambda: merger.copy(plan),
                        math.prod(plan.shape) * (plan.source_dtype.itemsize + plan.out_dtype.itemsize))
         model_params, params = resolved[plan.name]
+        if fused is not None and fused.covers(plan, params):
+            return Job(plan.name, plan.shape, plan.out_dtype, plan.read_bytes,
+                       lambda: fused.merge(plan, model_params, params, check_finite), fused.memory(plan))
         return Job(plan.name, plan.shape, plan.out_dtype, plan.read_bytes,
                    lambda: merger.merge(plan, model_params, params), merger.memory(plan))
 
@@ -141,7 +148,7 @@ def merge_inputs(
             writer.write_text("README.md", card)
         # block-parallel elementwise work runs best one thread per worker; statistics (TIES) use torch's own threads
         threads = torch.get_num_threads()
-        if method.streaming and workers > 1:
+        if (method.streaming or fused is not None) and workers > 1:
             torch.set_num_threads(1)
         try:
             stats = execute([job(p) for p in plans], writer, workers, label=method.name, progress=options.progress,

@@ -113,10 +113,11 @@ NORMALIZE_ON = Param("normalize", bool, True, "divide by the sum of the weights"
 
 
 def weighted_sum(tensors, weights: list[float]) -> torch.Tensor:
-    """sum_i w_i * x_i, accumulated in place in one buffer; `tensors` may be a lazy iterator."""
+    """sum_i w_i * x_i, accumulated in one buffer; `tensors` may be a lazy iterator. Each product is rounded before
+    it is added (no fused multiply-add), as the fused kernels compute it, so both give the same bits."""
     out = None
     for x, w in zip(tensors, weights):
-        out = torch.mul(x, w) if out is None else out.add_(x, alpha=w)
+        out = torch.mul(x, w) if out is None else out.add_(torch.mul(x, w))
     return out
 
 

@@ -1,0 +1,222 @@
+"""The fast path: merge a tensor with the fused kernels instead of the reference tensor code, same bits out.
+
+It covers the common case -- models (not stored task vectors) on the CPU, float inputs, float32 compute, and the
+methods task_arithmetic, ties (per-tensor or global trim, no L1 rescale, sign by sum), dare_ties and dare_linear --
+and ``FusedMerger.covers`` says no to anything else, which then runs the reference path. Per block it reads the
+stored rows of the base and every model and hands their raw bits to one kernel that writes the output rows. TIES'
+per-tensor top-k threshold comes from magnitude histograms (one streaming pass, a second for the rare threshold
+that is not zero, a partial third for ties), never a whole-tensor buffer or a sort.
+
+Set TASKVEC_FUSED=0 to run everything through the reference path.
+"""
+
+import math
+import os
+
+import numpy as np
+import torch
+
+from . import kernels as K
+from .blocks import block_seed, row_blocks
+from .inputs import ModelInput
+from .methods.sparsify import keep_count
+
+# method -> (sparsifier, consensus) for the task-vector family; task_arithmetic has its own kernel
+FAMILY = {
+    "ties": (K.KEEP_MAGNITUDE, True),
+    "dare_ties": (K.KEEP_RANDOM, True),
+    "dare_linear": (K.KEEP_RANDOM, False),
+}
+KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+CUT_ALL = 1 << 62  # a tie cut beyond any index: every entry equal to the threshold is kept
+
+
+def enabled() -> bool:
+    return os.environ.get("TASKVEC_FUSED", "1") != "0"
+
+
+class FusedMerger:
+    """Merges the tensors the kernels cover; ``covers`` decides per tensor and its resolved parameters."""
+
+    def __init__(self, method, base, inputs):
+        self.method, self.base, self.inputs = method, base, inputs
+
+    @staticmethod
+    def applies(method, base, inputs, device, compute_dtype, fingerprint) -> bool:
+        return (enabled() and base is not None and device.type == "cpu" and compute_dtype == torch.float32
+                and fingerprint is None and (method.name in FAMILY or method.name == "task_arithmetic")
+                and all(type(i) is ModelInput for i in inputs))
+
+    def covers(self, plan, params: dict) -> bool:
+        dtypes = [self.base.info(plan.name).dtype] + [i.info(plan.name).dtype for i in self.inputs]
+        if not all(d in KERNEL_DTYPES for d in dtypes) or plan.out_dtype not in KERNEL_DTYPES:
+            return False
+        if self.method.name in FAMILY:
+            return params.get("consensus_method", "sum") == "sum" and not (self.method.name == "ties" and params["rescale"])
+        return True
+
+    def memory(self, plan) -> int:
+        """Peak bytes: the output tensor, plus a block of every input in its stored dtype and float32 scratch."""
+        numel = math.prod(plan.shape)
+        blocks = row_blocks(plan.shape, "entry")
+        block = numel if blocks == [None] else (blocks[0][1] - blocks[0][0]) * (numel // plan.shape[0])
+        return numel * plan.out_dtype.itemsize + block * (4 * (len(self.inputs) + 1) + 8 * len(self.inputs))
+
+    def merge(self, plan, model_params: list[dict], params: dict, check_finite) -> torch.Tensor:
+        name = plan.name
+        blocks = row_blocks(plan.shape, "entry")
+        numel = math.prod(plan.shape)
+        row_size = numel // plan.shape[0] if plan.shape else 1
+        weights = np.array([mp["weight"] for mp in model_params], dtype=np.float32)
+        lam = np.float32(params["lambda"])
+        out = torch.empty(plan.shape, dtype=plan.out_dtype)
+        flat_out = out.reshape(-1)
+        family = FAMILY.get(self.method.name)
+        if family is not None:
+            kinds, thresholds, cuts, random_thresholds, rescales, factors = self._sparsifiers(
+                plan, blocks, numel, model_params, params, family[0])
+            scratch = np.empty((len(self.inputs) + 3, K.CHUNK), dtype=np.float32)
+        else:
+            scratch = np.empty(0 if blocks == [None] else (blocks[0][1] - blocks[0][0]) * row_size, np.float32)
+        total = sum(float(w) for w in (mp["weight"] for mp in model_params))
+        divisor = np.float32(1.0 if abs(total) < 1e-8 else total)  # weight_total
+        for index, rows in enumerate(blocks):
+            start = 0 if rows is None else rows[0] * row_size
+            base, xs = self._read(name, rows)
+            target = flat_out[start:start + base.size]
+            dest = _kernel_view(target) if plan.out_dtype != torch.float16 else np.empty(base.size, np.float32)
+            if family is None:
+                acc = scratch if scratch.size >= base.size else np.empty(base.size, np.float32)
+                K.weighted_deltas(base, xs, weights, params["normalize"], divisor, lam, dest, acc)
+            else:
+                bits = tuple(_random_bits(block_seed(mp["_seed"], index), base.size) if kind == K.KEEP_RANDOM
+                             else _NO_BITS for mp, kind in zip(model_params, kinds))
+                K.sparse_consensus(base, xs, kinds, thresholds, cuts, np.int64(start), bits, random_thresholds,
+                                   rescales, factors, weights, K.CONSENSUS_SUM if family[1] else K.CONSENSUS_NONE,
+                                   params["normalize"], divisor, lam, dest, scratch)
+            if plan.out_dtype == torch.float16:
+                target.copy_(torch.from_numpy(dest))
+            check_finite(name, target, self.inputs)
+        return out
+
+    def _read(self, name, rows):
+        """Rows of the base and of every model as flat kernel arrays (bfloat16 bits, else float32)."""
+        base = _kernel_array(self.base.read(name, rows))
+        raw = [inp.checkpoint.read(name, rows) for inp in self.inputs]
+        if len({t.dtype for t in raw}) > 1:  # one array type for all models: float32
+            raw = [t.float() for t in raw]
+        return base, tuple(_kernel_array(t) for t in raw)
+
+    def _sparsifiers(self, plan, blocks, numel, model_params, params, sparsifier):
+        m = len(model_params)
+        kinds = np.full(m, K.KEEP_ALL, dtype=np.int64)
+        thresholds = np.zeros(m, dtype=np.float32)
+        cuts = np.full(m, -1, dtype=np.int64)
+        random_thresholds = np.zeros(m, dtype=np.uint32)
+        rescales = np.full(m, K.RESCALE_NONE, dtype=np.int64)
+        factors = np.ones(m, dtype=np.float32)
+        if sparsifier == K.KEEP_RANDOM:  # methods/dare.py drop_and_rescale, sparsify.random_keep
+            for i, mp in enumerate(model_params):
+                density = mp["density"]
+                if density <= 0:
+                    kinds[i] = K.KEEP_NONE
+                    continue
+                if density < 1:
+                    kinds[i] = K.KEEP_RANDOM
+                    random_thresholds[i] = min(round(density * (1 << 32)), (1 << 32) - 1)
+                if params["rescale"]:
+                    rescales[i], factors[i] = K.RESCALE_DIV, density
+            return kinds, thresholds, cuts, random_thresholds, rescales, factors
+        kinds[:] = K.KEEP_MAGNITUDE  # methods/ties.py: a global threshold, or the tensor's exact top k
+        per_tensor = []
+        for i, mp in enumerate(model_params):
+            if "_threshold" in mp:
+                thresholds[i], cuts[i] = mp["_threshold"], CUT_ALL  # global scope: keep |x| >= threshold
+            else:
+                per_tensor.append(i)
+        for i, (threshold, cut) in zip(per_tensor, self._top_k(plan.name, blocks, numel, per_tensor,
+                                                               [model_params[i]["density"] for i in per_tensor])):
+            thresholds[i], cuts[i] = threshold, cut
+        return kinds, thresholds, cuts, random_thresholds, rescales, factors
+
+    def _top_k(self, name, blocks, numel, models: list[int], densities: list[float]) -> list[tuple[float, int]]:
+        """sparsify.top_k_selection(|x_i - base|, density, exact_zeros=False) for each model, by histograms: the
+        bin of the top 16 bits that holds the wanted rank, then the low 16 bits inside that bin."""
+        if not models:
+            return []
+        result: list[tuple[float, int] | None] = [None] * len(models)
+        ranks = []
+        for j, density in enumerate(densities):
+            k = keep_count(numel, density)
+            result[j] = (-math.inf, numel) if k >= numel else (math.inf, -1) if k == 0 else None
+            ranks.append(numel - k + 1)
+        todo = [j for j in range(len(models)) if result[j] is None]
+        if not todo:
+            return result
+        pick = [models[j] for j in todo]
+        hist = np.zeros((len(pick), K.HI_BINS), dtype=np.int64)
+        zeros = np.zeros(len(pick), dtype=np.int64)
+        for rows in blocks:
+            base, xs = self._read(name, rows)
+            K.magnitude_histograms(base, tuple(xs[i] for i in pick), hist, zeros)
+        cumulative = hist.cumsum(axis=1)
+        bins = np.full(len(pick), -1, dtype=np.int64)
+        for p, j in enumerate(todo):
+            if zeros[p] >= ranks[j]:  # the threshold is 0: keep the non-zero entries, no tie scan
+                result[j] = (0.0, -1)
+            else:
+                bins[p] = int(np.searchsorted(cumulative[p], ranks[j]))
+        if (bins < 0).all():
+            return result
+        low = np.zeros((len(pick), K.LO_BINS), dtype=np.int64)
+        for rows in blocks:
+            base, xs = self._read(name, rows)
+            K.magnitude_low_histograms(base, tuple(xs[i] for i in pick), bins, low)
+        for p, j in enumerate(todo):
+            if bins[p] < 0:
+                continue
+            b = int(bins[p])
+            below_bin = int(cumulative[p, b - 1]) if b > 0 else 0
+            low_cumulative = low[p].cumsum()
+            lo = int(np.searchsorted(low_cumulative, ranks[j] - below_bin))
+            threshold = float(np.array([(b << 16) | lo], dtype=np.uint32).view(np.float32)[0])
+            greater = numel - below_bin - int(low_cumulative[lo])
+            needed = keep_count(numel, densities[j]) - greater
+            cut = CUT_ALL if needed == int(low[p, lo]) else self._nth_equal(name, blocks, pick[p], threshold, needed)
+            result[j] = (threshold, cut)
+        return result
+
+    def _nth_equal(self, name, blocks, model: int, value: float, count: int) -> int:
+        """Flat index of the count-th entry with |x - base| == value (sparsify._tie_cut)."""
+        remaining = np.array([count], dtype=np.int64)
+        row_size = None
+        for rows in blocks:
+            base, xs = self._read(name, rows)
+            at = K.find_nth_equal(base, xs[model], np.float32(value), remaining)
+            if at >= 0:
+                if rows is None:
+                    return at
+                row_size = row_size or base.size // (rows[1] - rows[0])
+                return rows[0] * row_size + at
+        raise RuntimeError(f"{name}: fewer entries equal to the threshold than counted")
+
+
+_NO_BITS = np.zeros(0, dtype=np.uint32)
+
+
+def _random_bits(seed: int, n: int) -> np.ndarray:
+    """sparsify.random_keep's draws: PCG64(seed).integers(0, 2**32, n, uint32) is the raw 64-bit stream split into
+    32-bit halves, low half first -- the same numbers, drawn 1.7x faster."""
+    return np.random.PCG64(seed).random_raw((n + 1) // 2).view(np.uint32)[:n]
+
+
+def _kernel_array(t: torch.Tensor) -> np.ndarray:
+    t = t.reshape(-1)
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.float().numpy() if t.dtype != torch.float32 else t.numpy()
+
+
+def _kernel_view(t: torch.Tensor) -> np.ndarray:
+    """A writable numpy view of a flat output slice (bfloat16 as its bits)."""
+    return t.view(torch.int16).numpy().view(np.uint16) if t.dtype == torch.bfloat16 else t.numpy()

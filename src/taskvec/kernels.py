@@ -1,0 +1,208 @@
+"""Fused CPU kernels: one pass over a block does what a method's reference tensor code does in a dozen passes.
+
+Each kernel repeats, operation for operation, the float32 arithmetic of the pure functions in ``taskvec.methods``
+(same operations in the same order, each rounded to float32, no fused multiply-add), so its results are
+bit-identical to theirs -- the tests check it -- while it reads the stored bfloat16 bits directly, keeps every
+temporary in registers and writes the output dtype in place. Compiled by numba on first use and cached on disk.
+
+Arrays are flat numpy arrays: bfloat16 travels as its uint16 bits, anything else as float32.
+"""
+
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
+
+# Per-model sparsifiers of the task-vector family (methods/generalized.py)
+KEEP_ALL, KEEP_MAGNITUDE, KEEP_RANDOM, KEEP_NONE = 0, 1, 2, 3
+# What happens to the survivors: nothing, times a factor (TIES' L1 rescale), divided by the density (DARE)
+RESCALE_NONE, RESCALE_MUL, RESCALE_DIV = 0, 1, 2
+CONSENSUS_NONE, CONSENSUS_SUM = 0, 1
+HI_BINS = 1 << 15  # top 16 bits of a non-negative float32
+LO_BINS = 1 << 16
+
+
+def load(a, j):
+    """Entry j of a flat array as float32 (overloaded for numba below)."""
+    raise NotImplementedError
+
+
+def store(out, j, value):
+    """Write float32 `value` as entry j of `out` (bfloat16 bits or float32)."""
+    raise NotImplementedError
+
+
+@overload(load)
+def _load(a, j):
+    if a.dtype == types.uint16:  # bfloat16: its bits are the top half of the float32
+        return lambda a, j: np.uint32(np.uint32(a[j]) << np.uint32(16)).view(np.float32)
+    return lambda a, j: np.float32(a[j])
+
+
+@overload(store)
+def _store(out, j, value):
+    if out.dtype == types.uint16:
+        return lambda out, j, value: _set(out, j, bfloat16_bits(value))
+    return lambda out, j, value: _set(out, j, value)
+
+
+@njit
+def _set(out, j, value):
+    out[j] = value
+
+
+@njit
+def bfloat16_bits(value):
+    """float32 -> bfloat16 as torch rounds it: to nearest, ties to even; every NaN becomes 0x7FC0."""
+    if value != value:
+        return np.uint16(0x7FC0)
+    bits = np.float32(value).view(np.uint32)
+    return np.uint16((bits + ((bits >> np.uint32(16)) & np.uint32(1)) + np.uint32(0x7FFF)) >> np.uint32(16))
+
+
+@njit
+def _magnitude_bits(value):
+    return np.float32(abs(value)).view(np.uint32)
+
+
+@njit(nogil=True, cache=True)
+def weighted_deltas(base, xs, weights, normalize, divisor, lam, out, acc):
+    """Task arithmetic: base + lam * (sum_i w_i * (x_i - base)) [/ divisor]."""
+    n = base.size
+    for j in range(n):
+        acc[j] = (load(xs[0], j) - load(base, j)) * weights[0]
+    for i in range(1, len(xs)):
+        x, w = xs[i], weights[i]
+        for j in range(n):
+            acc[j] = acc[j] + (load(x, j) - load(base, j)) * w
+    for j in range(n):
+        value = acc[j]
+        if normalize:
+            value = value / divisor
+        store(out, j, value * lam + load(base, j))
+
+
+CHUNK = 4096  # entries per pass inside a block: the per-model rows of scratch stay in L1/L2
+
+
+@njit(nogil=True, cache=True)
+def sparse_consensus(base, xs, kinds, thresholds, cuts, offset, bits, random_thresholds, rescales, factors,
+                     weights, consensus, normalize, divisor, lam, out, scratch):
+    """The task-vector family (methods/generalized.py merge_deltas): sparsify each task vector (ties.trim,
+    dare.drop_and_rescale), weight it, keep what agrees with the elected sign (sum consensus) or everything, sum,
+    normalise, scale, add to the base. `bits[i]` are model i's random draws (DARE); `offset` is the block's first
+    flat index in its tensor; `scratch` is float32 of shape (len(xs) + 3, CHUNK).
+
+    Loops run model by model over a chunk of entries, so each inner loop is simple enough to vectorise."""
+    m = len(xs)
+    zero, one = np.float32(0), np.float32(1)
+    total, merged, count = scratch[m], scratch[m + 1], scratch[m + 2]
+    for c0 in range(0, base.size, CHUNK):
+        c = min(CHUNK, base.size - c0)
+        base_c, out_c = base[c0:c0 + c], out[c0:c0 + c]  # slices: plain j indices let the loops vectorise
+        for i in range(m):  # branch-free inner loops: no mispredicted jumps on random data, and they vectorise
+            x, kind, row = xs[i][c0:c0 + c], kinds[i], scratch[i]
+            if kind == KEEP_MAGNITUDE:
+                threshold, cut = thresholds[i], cuts[i] - offset - c0
+                for j in range(c):
+                    d = load(x, j) - load(base_c, j)
+                    magnitude = abs(d)
+                    row[j] = d * np.float32((magnitude > threshold) | ((magnitude == threshold) & (j <= cut)))
+            elif kind == KEEP_RANDOM:
+                draws, limit = bits[i][c0:c0 + c], random_thresholds[i]
+                for j in range(c):
+                    row[j] = (load(x, j) - load(base_c, j)) * np.float32(draws[j] < limit)
+            elif kind == KEEP_NONE:
+                for j in range(c):
+                    row[j] = (load(x, j) - load(base_c, j)) * zero
+            else:
+                for j in range(c):
+                    row[j] = load(x, j) - load(base_c, j)
+            if rescales[i] == RESCALE_MUL:
+                for j in range(c):
+                    row[j] = row[j] * factors[i]
+            elif rescales[i] == RESCALE_DIV:
+                for j in range(c):
+                    row[j] = row[j] / factors[i]
+            w = weights[i]
+            for j in range(c):
+                row[j] = row[j] * w
+        if consensus == CONSENSUS_SUM and not normalize:  # _agreeing_sum: positive and negative parts apart
+            for j in range(c):
+                x = scratch[0, j]
+                total[j] = x if not x < 0 else zero
+                merged[j] = x if not x > 0 else zero
+            for i in range(1, m):
+                row = scratch[i]
+                for j in range(c):
+                    x = row[j]
+                    total[j] = total[j] + (x if not x < 0 else zero)
+                    merged[j] = merged[j] + (x if not x > 0 else zero)
+            for j in range(c):
+                value = total[j] if total[j] + merged[j] >= 0 else merged[j]
+                store(out_c, j, value * lam + load(base_c, j))
+        elif consensus == CONSENSUS_SUM:  # disjoint mean over the task vectors that agree with the sign
+            for j in range(c):
+                total[j] = scratch[0, j]
+                merged[j] = zero
+                count[j] = zero
+            for i in range(1, m):
+                row = scratch[i]
+                for j in range(c):
+                    total[j] = total[j] + row[j]
+            for i in range(m):
+                row, w = scratch[i], weights[i]
+                for j in range(c):
+                    x = row[j]
+                    agree = np.float32(((x > 0) == (total[j] >= 0)) & (x != 0))
+                    merged[j] = merged[j] + x * agree
+                    count[j] = count[j] + w * agree
+            for j in range(c):
+                value = merged[j] / (count[j] if count[j] != 0 else one)
+                store(out_c, j, value * lam + load(base_c, j))
+        else:
+            for j in range(c):
+                merged[j] = scratch[0, j]
+            for i in range(1, m):
+                row = scratch[i]
+                for j in range(c):
+                    merged[j] = merged[j] + row[j]
+            for j in range(c):
+                value = merged[j] / divisor if normalize else merged[j]
+                store(out_c, j, value * lam + load(base_c, j))
+
+
+@njit(nogil=True, cache=True)
+def magnitude_histograms(base, xs, hist, zeros):
+    """Count |x_i - base| by the top 16 bits of its float32 pattern (non-negative floats sort like their bits),
+    and count exact zeros: the first step of an exact top-k selection without a sort."""
+    for i in range(len(xs)):
+        x = xs[i]
+        for j in range(base.size):
+            bits = _magnitude_bits(load(x, j) - load(base, j))
+            hist[i, bits >> np.uint32(16)] += 1
+            zeros[i] += bits == 0
+
+
+@njit(nogil=True, cache=True)
+def magnitude_low_histograms(base, xs, bins, hist):
+    """Within the top-bits bin `bins[i]` (-1: skip model i), count magnitudes by their low 16 bits."""
+    for i in range(len(xs)):
+        if bins[i] < 0:
+            continue
+        x, wanted = xs[i], np.uint32(bins[i])
+        for j in range(base.size):
+            bits = _magnitude_bits(load(x, j) - load(base, j))
+            if bits >> np.uint32(16) == wanted:
+                hist[i, bits & np.uint32(0xFFFF)] += 1
+
+
+@njit(nogil=True, cache=True)
+def find_nth_equal(base, x, value, remaining):
+    """Index in this block of the remaining[0]-th entry with |x - base| == value, or -1 after counting the block's
+    matches off remaining[0]."""
+    for j in range(base.size):
+        if abs(load(x, j) - load(base, j)) == value:
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                return j
+    return -1
