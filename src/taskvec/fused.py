@@ -19,6 +19,7 @@ import torch
 from . import kernels as K
 from .blocks import block_seed, row_blocks
 from .inputs import ModelInput
+from .methods import get_method
 from .methods.sparsify import keep_count
 
 # method -> (sparsifier, consensus) for the task-vector family; task_arithmetic has its own kernel
@@ -29,6 +30,9 @@ FAMILY = {
 }
 KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 CUT_ALL = 1 << 62  # a tie cut beyond any index: every entry equal to the threshold is kept
+# the reference functions the kernels reproduce: a method whose fn is anything else (a variant, a wrapper) is not
+# fused
+_REFERENCE = {name: get_method(name).fn for name in (*FAMILY, "task_arithmetic")}
 
 
 def enabled() -> bool:
@@ -44,7 +48,7 @@ class FusedMerger:
     @staticmethod
     def applies(method, base, inputs, device, compute_dtype, fingerprint) -> bool:
         return (enabled() and base is not None and device.type == "cpu" and compute_dtype == torch.float32
-                and fingerprint is None and (method.name in FAMILY or method.name == "task_arithmetic")
+                and fingerprint is None and _REFERENCE.get(method.name) is method.fn
                 and all(type(i) is ModelInput for i in inputs))
 
     def covers(self, plan, params: dict) -> bool:
