@@ -9,10 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taskvec import kernels
-from taskvec.blocks import BLOCK_ELEMENTS
+from taskvec.blocks import BLOCK_ELEMENTS, row_blocks
 from taskvec.errors import TaskvecError
 from taskvec.fused import FusedMerger
+from taskvec.inputs import ModelInput
+from taskvec.io.checkpoint import open_checkpoint
 from taskvec.merge import MergeOptions, merge_recipe
+from taskvec.methods import get_method
 from taskvec.methods.sparsify import top_k_selection
 from taskvec.recipe import Recipe
 
@@ -36,15 +39,17 @@ CASES = [
 ]
 
 
-def quantised_models(root, dtypes):
+def quantised_models(root, dtypes, unchanged=0.0):
     """A base and three fine-tunes whose task vectors take few distinct values (many ties at any threshold) and
-    are often exactly zero, in a big two-block tensor, a small matrix and a vector."""
+    are often exactly zero (more so with `unchanged`, the fraction of entries a fine-tune leaves as they are), in a
+    big two-block tensor, a small matrix and a vector."""
     g = torch.Generator().manual_seed(7)
     shapes = {"big.weight": (ROWS, 128), "small.weight": (5, 7), "norm.weight": (37,)}
     base = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
     write_model(root / "base", {k: v.to(dtypes[0]) for k, v in base.items()})
     for i, dtype in enumerate(dtypes[1:]):
-        ft = {k: v + torch.randint(-2, 3, v.shape, generator=g) / 16 for k, v in base.items()}
+        ft = {k: v + torch.randint(-2, 3, v.shape, generator=g) / 16 * (torch.rand(v.shape, generator=g) >= unchanged)
+              for k, v in base.items()}
         write_model(root / f"ft{i}", {k: v.to(dtype) for k, v in ft.items()})
     return root
 
@@ -90,12 +95,8 @@ def test_thresholds_tie_inside_the_block(tmp_path, monkeypatch):
     """Deltas of a few values: the per-tensor threshold is not zero and splits a tie class, so the kept set
     depends on the exact tie cut (the partial third pass)."""
     root = quantised_models(tmp_path, (torch.float32,) * 4)
-    merger = FusedMerger.__new__(FusedMerger)
-    from taskvec.io.checkpoint import open_checkpoint
-    from taskvec.inputs import ModelInput
-    merger.base = open_checkpoint(root / "base")
-    merger.inputs = [ModelInput(open_checkpoint(root / f"ft{i}")) for i in range(3)]
-    from taskvec.blocks import row_blocks
+    merger = FusedMerger(get_method("ties"), open_checkpoint(root / "base"),
+                         [ModelInput(open_checkpoint(root / f"ft{i}")) for i in range(3)])
     name, shape = "big.weight", (ROWS, 128)
     found = merger._top_k(name, row_blocks(shape, "entry"), math.prod(shape), [0, 1, 2], [0.3, 0.05, 0.7])
     base = merger.base.read(name)
@@ -108,6 +109,21 @@ def test_thresholds_tie_inside_the_block(tmp_path, monkeypatch):
             (magnitudes == threshold) & (torch.arange(magnitudes.numel()) <= expected_cut))
         assert torch.equal(kept, expected)
         assert int(kept.sum()) == int(density * magnitudes.numel())
+
+
+@pytest.mark.parametrize("density,shortcut", [(0.5, True), (0.9, True), (0.1, False)])
+def test_mostly_unchanged_fine_tunes_take_the_zero_threshold_shortcut(tmp_path, monkeypatch, density, shortcut):
+    """About 80% of each task vector is zero: for density >= 0.3 the threshold is zero, settled by counting zeros
+    without the histograms; the result is the reference's either way."""
+    root = quantised_models(tmp_path, (torch.bfloat16,) * 4, unchanged=0.75)
+    histograms = []
+    original = kernels.magnitude_histograms
+    monkeypatch.setattr(kernels, "magnitude_histograms", lambda *a: histograms.append(1) or original(*a))
+    (reference, fused), _ = merge_both(root, "ties", [{"weight": 1.0, "density": density}] * 3, {}, "bfloat16",
+                                       monkeypatch)
+    for name in reference:
+        assert same_bits(reference[name], fused[name]), name
+    assert (not histograms) == shortcut
 
 
 @settings(max_examples=60, deadline=None)

@@ -12,6 +12,7 @@ Set TASKVEC_FUSED=0 to run everything through the reference path.
 
 import math
 import os
+import threading
 
 import numpy as np
 import torch
@@ -44,6 +45,7 @@ class FusedMerger:
 
     def __init__(self, method, base, inputs):
         self.method, self.base, self.inputs = method, base, inputs
+        self._local = threading.local()  # per worker thread: one reusable read buffer per checkpoint
 
     @staticmethod
     def applies(method, base, inputs, device, compute_dtype, fingerprint) -> bool:
@@ -80,6 +82,8 @@ class FusedMerger:
             kinds, thresholds, cuts, random_thresholds, rescales, factors = self._sparsifiers(
                 plan, blocks, numel, model_params, params, family[0])
             scratch = np.empty((len(self.inputs) + 3, K.CHUNK), dtype=np.float32)
+            largest = numel if blocks == [None] else (blocks[0][1] - blocks[0][0]) * row_size
+            draws = np.empty((len(self.inputs), (largest + 1) // 2), dtype=np.uint64) if K.KEEP_RANDOM in kinds else None
         else:
             scratch = np.empty(0 if blocks == [None] else (blocks[0][1] - blocks[0][0]) * row_size, np.float32)
         total = sum(float(w) for w in (mp["weight"] for mp in model_params))
@@ -93,8 +97,9 @@ class FusedMerger:
                 acc = scratch if scratch.size >= base.size else np.empty(base.size, np.float32)
                 K.weighted_deltas(base, xs, weights, params["normalize"], divisor, lam, dest, acc)
             else:
-                bits = tuple(_random_bits(block_seed(mp["_seed"], index), base.size) if kind == K.KEEP_RANDOM
-                             else _NO_BITS for mp, kind in zip(model_params, kinds))
+                bits = tuple(_random_bits(block_seed(mp["_seed"], index), base.size, draws[i])
+                             if kind == K.KEEP_RANDOM else _NO_BITS
+                             for i, (mp, kind) in enumerate(zip(model_params, kinds)))
                 K.sparse_consensus(base, xs, kinds, thresholds, cuts, np.int64(start), bits, random_thresholds,
                                    rescales, factors, weights, K.CONSENSUS_SUM if family[1] else K.CONSENSUS_NONE,
                                    params["normalize"], divisor, lam, dest, scratch)
@@ -105,8 +110,13 @@ class FusedMerger:
 
     def _read(self, name, rows):
         """Rows of the base and of every model as flat kernel arrays (bfloat16 bits, else float32)."""
-        base = _kernel_array(self.base.read(name, rows))
-        raw = [inp.checkpoint.read(name, rows) for inp in self.inputs]
+        shape = self.base.info(name).shape
+        need = 4 * (math.prod(shape) if rows is None else (rows[1] - rows[0]) * math.prod(shape[1:]))  # any dtype
+        buffers = getattr(self._local, "buffers", None)
+        if buffers is None or buffers[0].numel() < need:
+            buffers = self._local.buffers = [torch.empty(need, dtype=torch.uint8) for _ in range(len(self.inputs) + 1)]
+        base = _kernel_array(self.base.read(name, rows, into=buffers[0]))
+        raw = [inp.checkpoint.read(name, rows, into=buffer) for inp, buffer in zip(self.inputs, buffers[1:])]
         if len({t.dtype for t in raw}) > 1:  # one array type for all models: float32
             raw = [t.float() for t in raw]
         return base, tuple(_kernel_array(t) for t in raw)
@@ -157,6 +167,9 @@ class FusedMerger:
         todo = [j for j in range(len(models)) if result[j] is None]
         if not todo:
             return result
+        todo = self._zero_thresholds(name, blocks, [models[j] for j in todo], [ranks[j] for j in todo], todo, result)
+        if not todo:
+            return result
         pick = [models[j] for j in todo]
         hist = np.zeros((len(pick), K.HI_BINS), dtype=np.int64)
         zeros = np.zeros(len(pick), dtype=np.int64)
@@ -190,6 +203,32 @@ class FusedMerger:
             result[j] = (threshold, cut)
         return result
 
+    def _zero_thresholds(self, name, blocks, models, ranks, todo, result) -> list[int]:
+        """Settle the models whose threshold is zero -- more than 1 - density of the task vector is exactly zero,
+        common when a bfloat16 fine-tune left small updates unrounded -- with a cheap counting pass instead of the
+        histograms. Every 16th block is sampled first, so models this cannot settle cost little."""
+        numel = sum(self._block_size(name, rows) for rows in blocks)
+        sample = blocks[::16]
+        zeros = np.zeros(len(models), dtype=np.int64)
+        for rows in sample:
+            base, xs = self._read(name, rows)
+            K.count_zeros(base, xs, np.array(models, dtype=np.int64), zeros)
+        seen = sum(self._block_size(name, rows) for rows in sample)
+        likely = [k for k in range(len(models)) if zeros[k] / seen >= ranks[k] / numel + 0.02]
+        if likely:
+            zeros = np.zeros(len(likely), dtype=np.int64)
+            for rows in blocks:
+                base, xs = self._read(name, rows)
+                K.count_zeros(base, xs, np.array([models[k] for k in likely], dtype=np.int64), zeros)
+            for k, count in zip(likely, zeros):
+                if count >= ranks[k]:
+                    result[todo[k]] = (0.0, -1)
+        return [j for j in todo if result[j] is None]
+
+    def _block_size(self, name, rows) -> int:
+        shape = self.base.info(name).shape
+        return math.prod(shape) if rows is None else (rows[1] - rows[0]) * math.prod(shape[1:])
+
     def _nth_equal(self, name, blocks, model: int, value: float, count: int) -> int:
         """Flat index of the count-th entry with |x - base| == value (sparsify._tie_cut)."""
         remaining = np.array([count], dtype=np.int64)
@@ -208,10 +247,18 @@ class FusedMerger:
 _NO_BITS = np.zeros(0, dtype=np.uint32)
 
 
-def _random_bits(seed: int, n: int) -> np.ndarray:
+def _random_bits(seed: int, n: int, out: np.ndarray) -> np.ndarray:
     """sparsify.random_keep's draws: PCG64(seed).integers(0, 2**32, n, uint32) is the raw 64-bit stream split into
-    32-bit halves, low half first -- the same numbers, drawn 1.7x faster."""
-    return np.random.PCG64(seed).random_raw((n + 1) // 2).view(np.uint32)[:n]
+    32-bit halves, low half first -- the same numbers, drawn 1.7x faster. Drawn in small pieces into `out` (uint64,
+    reused): numpy's fresh megabyte arrays would cost a page fault every 4 KB."""
+    generator, words = np.random.PCG64(seed), (n + 1) // 2
+    for start in range(0, words, _DRAW_PIECE):
+        stop = min(words, start + _DRAW_PIECE)
+        out[start:stop] = generator.random_raw(stop - start)
+    return out[:words].view(np.uint32)[:n]
+
+
+_DRAW_PIECE = 8192  # 64 KB per piece: below malloc's mmap threshold, so its memory is reused
 
 
 def _kernel_array(t: torch.Tensor) -> np.ndarray:

@@ -172,6 +172,16 @@ def sparse_consensus(base, xs, kinds, thresholds, cuts, offset, bits, random_thr
 
 
 @njit(nogil=True, cache=True)
+def count_zeros(base, xs, models, zeros):
+    """zeros[k] += how many entries of x_models[k] equal the base (a zero task-vector entry)."""
+    for k in range(models.size):
+        x, found = xs[models[k]], 0
+        for j in range(base.size):
+            found += load(x, j) - load(base, j) == 0
+        zeros[k] += found
+
+
+@njit(nogil=True, cache=True)
 def magnitude_histograms(base, xs, hist, zeros):
     """Count |x_i - base| by the top 16 bits of its float32 pattern (non-negative floats sort like their bits),
     and count exact zeros: the first step of an exact top-k selection without a sort."""

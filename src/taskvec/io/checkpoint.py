@@ -52,8 +52,8 @@ class Checkpoint:
     def info(self, name: str) -> TensorInfo:
         return self.tensors[name]
 
-    def read(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
-        """A tensor, or only rows [start, stop) of its first dimension."""
+    def read(self, name: str, rows: tuple[int, int] | None = None, into: torch.Tensor | None = None) -> torch.Tensor:
+        """A tensor, or only rows [start, stop) of its first dimension; `into` (uint8) may hold the bytes read."""
         raise NotImplementedError
 
     def config(self) -> dict | None:
@@ -109,9 +109,9 @@ class SafetensorsCheckpoint(Checkpoint):
                 self._fds[file] = os.open(file, os.O_RDONLY)
             return self._fds[file]
 
-    def read(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
+    def read(self, name: str, rows: tuple[int, int] | None = None, into: torch.Tensor | None = None) -> torch.Tensor:
         file, entry = self._entries[name]
-        return read_tensor(file, entry, self._fd(file), rows)
+        return read_tensor(file, entry, self._fd(file), rows, into)
 
     def close(self) -> None:
         with self._lock:
@@ -159,7 +159,7 @@ class TorchBinCheckpoint(Checkpoint):
         self._shards[file] = state
         return state
 
-    def read(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
+    def read(self, name: str, rows: tuple[int, int] | None = None, into: torch.Tensor | None = None) -> torch.Tensor:
         tensor = self._load(self._where[name])[name]
         return (tensor if rows is None else tensor[rows[0]:rows[1]]).clone()
 
