@@ -158,3 +158,35 @@ def test_fused_path_refuses_non_finite(tmp_path, monkeypatch):
     })
     with pytest.raises(TaskvecError, match="non-finite"):
         merge_recipe(recipe, root / "out", MergeOptions(force=True, progress=False))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**63 - 1), st.integers(0, 2**40), st.integers(1, 300))
+def test_kernel_draws_are_the_reference_draws(seed, offset, n):
+    """DARE's draws in the kernel (uint64) and in torch (wrapping int64) are the same numbers."""
+    from taskvec.methods.sparsify import random_draws
+    ours = np.array([kernels.keyed_draw(np.uint64(seed), offset + j) for j in range(n)], dtype=np.int64)
+    assert np.array_equal(ours, random_draws(seed, offset, n).numpy())
+
+
+def test_random_draws_are_uniform_and_independent_of_blocks():
+    from taskvec.methods.sparsify import random_draws, random_keep
+    draws = random_draws(12345, 0, 1 << 20).double() / 2**32
+    assert abs(float(draws.mean()) - 0.5) < 0.002 and abs(float(draws.var()) - 1 / 12) < 0.001
+    assert abs(float((draws[1:] * draws[:-1]).mean()) - 0.25) < 0.002  # neighbours uncorrelated
+    delta = torch.ones(1000, 64)
+    whole = random_keep(delta, 0.3, 99)
+    halves = torch.cat([random_keep(delta[:333], 0.3, 99), random_keep(delta[333:], 0.3, 99, offset=333 * 64)])
+    assert torch.equal(whole, halves) and abs(float(whole.float().mean()) - 0.3) < 0.01
+
+
+def test_dare_does_not_depend_on_the_block_size(tmp_path, monkeypatch):
+    import taskvec.blocks as blocks
+    root = quantised_models(tmp_path, (torch.bfloat16,) * 4)
+    params = [{"weight": 1.0, "density": 0.4}] * 3
+    (ref, fused), _ = merge_both(root, "dare_ties", params, {}, "bfloat16", monkeypatch)
+    monkeypatch.setattr(blocks, "BLOCK_ELEMENTS", 1 << 12)
+    (ref_small, fused_small), _ = merge_both(root, "dare_ties", params, {}, "bfloat16", monkeypatch)
+    for name in ref:
+        assert same_bits(ref[name], ref_small[name]) and same_bits(fused[name], fused_small[name]), name
+        assert same_bits(ref[name], fused[name]), name

@@ -1,7 +1,7 @@
 """Blocks of rows: how a large tensor is cut so that a merge holds small float32 temporaries, not whole tensors.
 
 Blocks are fixed by the tensor's shape alone (about 256K entries each, whole rows), never by thread count or memory
-budget, so everything derived per block -- DARE's random masks above all -- is the same on every run.
+budget. No result depends on them: random masks are keyed by an entry's flat index, selections are per tensor.
 """
 
 import math
@@ -22,11 +22,6 @@ def row_blocks(shape: tuple[int, ...], granularity: str) -> list[tuple[int, int]
     if rows_per_block >= shape[0]:
         return [None]
     return [(r, min(shape[0], r + rows_per_block)) for r in range(0, shape[0], rows_per_block)]
-
-
-def block_seed(seed: int, index: int) -> int:
-    """A distinct, reproducible seed for block `index` of a tensor whose stream is `seed`."""
-    return (seed + 0x9E3779B97F4A7C15 * (index + 1)) % (1 << 63)
 
 
 def abs_flat(shape: tuple[int, ...], blocks: list, read: Callable, dtype: torch.dtype, device) -> torch.Tensor:

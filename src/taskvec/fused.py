@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from . import kernels as K
-from .blocks import block_seed, row_blocks
+from .blocks import row_blocks
 from .inputs import ModelInput
 from .methods import get_method
-from .methods.sparsify import keep_count
+from .methods.sparsify import keep_count, keep_limit
 
 # method -> (sparsifier, consensus) for the task-vector family; task_arithmetic has its own kernel
 FAMILY = {
@@ -82,13 +82,12 @@ class FusedMerger:
             kinds, thresholds, cuts, random_thresholds, rescales, factors = self._sparsifiers(
                 plan, blocks, numel, model_params, params, family[0])
             scratch = np.empty((len(self.inputs) + 3, K.CHUNK), dtype=np.float32)
-            largest = numel if blocks == [None] else (blocks[0][1] - blocks[0][0]) * row_size
-            draws = np.empty((len(self.inputs), (largest + 1) // 2), dtype=np.uint64) if K.KEEP_RANDOM in kinds else None
+            seeds = np.array([mp.get("_seed", 0) for mp in model_params], dtype=np.uint64)
         else:
             scratch = np.empty(0 if blocks == [None] else (blocks[0][1] - blocks[0][0]) * row_size, np.float32)
         total = sum(float(w) for w in (mp["weight"] for mp in model_params))
         divisor = np.float32(1.0 if abs(total) < 1e-8 else total)  # weight_total
-        for index, rows in enumerate(blocks):
+        for rows in blocks:
             start = 0 if rows is None else rows[0] * row_size
             base, xs = self._read(name, rows)
             target = flat_out[start:start + base.size]
@@ -97,10 +96,7 @@ class FusedMerger:
                 acc = scratch if scratch.size >= base.size else np.empty(base.size, np.float32)
                 K.weighted_deltas(base, xs, weights, params["normalize"], divisor, lam, dest, acc)
             else:
-                bits = tuple(_random_bits(block_seed(mp["_seed"], index), base.size, draws[i])
-                             if kind == K.KEEP_RANDOM else _NO_BITS
-                             for i, (mp, kind) in enumerate(zip(model_params, kinds)))
-                K.sparse_consensus(base, xs, kinds, thresholds, cuts, np.int64(start), bits, random_thresholds,
+                K.sparse_consensus(base, xs, kinds, thresholds, cuts, np.int64(start), seeds, random_thresholds,
                                    rescales, factors, weights, K.CONSENSUS_SUM if family[1] else K.CONSENSUS_NONE,
                                    params["normalize"], divisor, lam, dest, scratch)
             if plan.out_dtype == torch.float16:
@@ -137,7 +133,7 @@ class FusedMerger:
                     continue
                 if density < 1:
                     kinds[i] = K.KEEP_RANDOM
-                    random_thresholds[i] = min(round(density * (1 << 32)), (1 << 32) - 1)
+                    random_thresholds[i] = keep_limit(density)
                 if params["rescale"]:
                     rescales[i], factors[i] = K.RESCALE_DIV, density
             return kinds, thresholds, cuts, random_thresholds, rescales, factors
@@ -242,23 +238,6 @@ class FusedMerger:
                 row_size = row_size or base.size // (rows[1] - rows[0])
                 return rows[0] * row_size + at
         raise RuntimeError(f"{name}: fewer entries equal to the threshold than counted")
-
-
-_NO_BITS = np.zeros(0, dtype=np.uint32)
-
-
-def _random_bits(seed: int, n: int, out: np.ndarray) -> np.ndarray:
-    """sparsify.random_keep's draws: PCG64(seed).integers(0, 2**32, n, uint32) is the raw 64-bit stream split into
-    32-bit halves, low half first -- the same numbers, drawn 1.7x faster. Drawn in small pieces into `out` (uint64,
-    reused): numpy's fresh megabyte arrays would cost a page fault every 4 KB."""
-    generator, words = np.random.PCG64(seed), (n + 1) // 2
-    for start in range(0, words, _DRAW_PIECE):
-        stop = min(words, start + _DRAW_PIECE)
-        out[start:stop] = generator.random_raw(stop - start)
-    return out[:words].view(np.uint32)[:n]
-
-
-_DRAW_PIECE = 8192  # 64 KB per piece: below malloc's mmap threshold, so its memory is reused
 
 
 def _kernel_array(t: torch.Tensor) -> np.ndarray:

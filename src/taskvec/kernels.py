@@ -12,6 +12,8 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
+from .methods.sparsify import GAMMA, MIX1, MIX2
+
 # Per-model sparsifiers of the task-vector family (methods/generalized.py)
 KEEP_ALL, KEEP_MAGNITUDE, KEEP_RANDOM, KEEP_NONE = 0, 1, 2, 3
 # What happens to the survivors: nothing, times a factor (TIES' L1 rescale), divided by the density (DARE)
@@ -59,6 +61,18 @@ def bfloat16_bits(value):
     return np.uint16((bits + ((bits >> np.uint32(16)) & np.uint32(1)) + np.uint32(0x7FFF)) >> np.uint32(16))
 
 
+_GAMMA, _MIX1, _MIX2 = np.uint64(GAMMA), np.uint64(MIX1), np.uint64(MIX2)
+
+
+@njit
+def keyed_draw(seed, index):
+    """sparsify.random_draws for one entry: the 32-bit draw of flat index `index` in the stream `seed` (uint64)."""
+    z = seed + np.uint64(index + 1) * _GAMMA
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return np.uint32((z ^ (z >> np.uint64(31))) >> np.uint64(32))
+
+
 @njit
 def _magnitude_bits(value):
     return np.float32(abs(value)).view(np.uint32)
@@ -85,11 +99,11 @@ CHUNK = 4096  # entries per pass inside a block: the per-model rows of scratch s
 
 
 @njit(nogil=True, cache=True)
-def sparse_consensus(base, xs, kinds, thresholds, cuts, offset, bits, random_thresholds, rescales, factors,
+def sparse_consensus(base, xs, kinds, thresholds, cuts, offset, seeds, random_thresholds, rescales, factors,
                      weights, consensus, normalize, divisor, lam, out, scratch):
     """The task-vector family (methods/generalized.py merge_deltas): sparsify each task vector (ties.trim,
     dare.drop_and_rescale), weight it, keep what agrees with the elected sign (sum consensus) or everything, sum,
-    normalise, scale, add to the base. `bits[i]` are model i's random draws (DARE); `offset` is the block's first
+    normalise, scale, add to the base. `seeds[i]` is model i's random stream (DARE); `offset` is the block's first
     flat index in its tensor; `scratch` is float32 of shape (len(xs) + 3, CHUNK).
 
     Loops run model by model over a chunk of entries, so each inner loop is simple enough to vectorise."""
@@ -108,9 +122,9 @@ def sparse_consensus(base, xs, kinds, thresholds, cuts, offset, bits, random_thr
                     magnitude = abs(d)
                     row[j] = d * np.float32((magnitude > threshold) | ((magnitude == threshold) & (j <= cut)))
             elif kind == KEEP_RANDOM:
-                draws, limit = bits[i][c0:c0 + c], random_thresholds[i]
+                seed, limit, start = seeds[i], random_thresholds[i], offset + c0
                 for j in range(c):
-                    row[j] = (load(x, j) - load(base_c, j)) * np.float32(draws[j] < limit)
+                    row[j] = (load(x, j) - load(base_c, j)) * np.float32(keyed_draw(seed, start + j) < limit)
             elif kind == KEEP_NONE:
                 for j in range(c):
                     row[j] = (load(x, j) - load(base_c, j)) * zero

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .blocks import abs_flat, block_seed, row_blocks
+from .blocks import abs_flat, row_blocks
 from .dtypes import dtype_name, parse_dtype
 from .engine import DEFAULT_MEMORY_BUDGET, Job, RunStats, default_workers, execute
 from .errors import TaskvecError
@@ -265,12 +265,10 @@ class TensorMerger:
             model_params = [self._with_statistic(name, blocks, mp, params, inp, base_rows)
                             for mp, inp in zip(model_params, self.inputs)]
         out = None if blocks == [None] else torch.empty(plan.shape, dtype=plan.out_dtype)
-        for index, rows in enumerate(blocks):
+        for rows in blocks:
             b = base_rows(rows, hash_it=True)
             mps = model_params
-            if method.random:
-                mps = [{**mp, "_seed": block_seed(mp["_seed"], index)} for mp in mps]
-            if method.statistic is not None and rows is not None:  # where the block starts in the flat tensor
+            if (method.random or method.statistic is not None) and rows is not None:  # the block's flat start
                 mps = [{**mp, "_offset": rows[0] * (math.prod(plan.shape) // plan.shape[0])} for mp in mps]
             if method.inputs == "deltas":
                 xs = (inp.delta(name, b, self.cd, self.device, rows) for inp in self.inputs)

@@ -10,7 +10,7 @@ def drop_and_rescale(delta, model_params, params):
     density = model_params["density"]
     if density <= 0:
         return delta * 0
-    kept = delta * random_keep(delta, density, model_params["_seed"])
+    kept = delta * random_keep(delta, density, model_params["_seed"], model_params.get("_offset", 0))
     return kept.div_(density) if params["rescale"] else kept
 
 

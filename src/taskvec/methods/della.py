@@ -15,7 +15,7 @@ def magprune(delta, model_params, params):
     if density <= 0:
         return delta * 0
     probabilities = rank_keep_probabilities(delta, density, model_params["epsilon"])
-    kept = delta * random_keep_ranked(delta, probabilities, model_params["_seed"])
+    kept = delta * random_keep_ranked(delta, probabilities, model_params["_seed"], model_params.get("_offset", 0))
     return kept.div_(probabilities) if params["rescale"] else kept
 
 
