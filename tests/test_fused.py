@@ -190,3 +190,17 @@ def test_dare_does_not_depend_on_the_block_size(tmp_path, monkeypatch):
     for name in ref:
         assert same_bits(ref[name], ref_small[name]) and same_bits(fused[name], fused_small[name]), name
         assert same_bits(ref[name], fused[name]), name
+
+
+def test_fused_reads_pytorch_bin_checkpoints_too(tmp_path, monkeypatch):
+    """A checkpoint that cannot be memory-mapped (pytorch_model.bin) is read into reused buffers instead."""
+    root = quantised_models(tmp_path, (torch.float32,) * 4)
+    base = read_model(root / "base")
+    for f in (root / "base").glob("*.safetensors"):
+        f.unlink()
+    torch.save(base, root / "base" / "pytorch_model.bin")
+    (reference, fused), calls = merge_both(root, "ties", [{"weight": 1.0, "density": 0.3}] * 3, {}, "bfloat16",
+                                           monkeypatch)
+    assert calls == 3
+    for name in reference:
+        assert same_bits(reference[name], fused[name]), name

@@ -14,6 +14,7 @@ import math
 import os
 import threading
 
+import numba
 import numpy as np
 import torch
 
@@ -101,21 +102,40 @@ class FusedMerger:
                                    params["normalize"], divisor, lam, dest, scratch)
             if plan.out_dtype == torch.float16:
                 target.copy_(torch.from_numpy(dest))
-            check_finite(name, target, self.inputs)
+                dest = target.float().numpy()
+            if not K.all_finite(dest):
+                check_finite(name, target, self.inputs)  # raises, naming the tensor
         return out
 
     def _read(self, name, rows):
-        """Rows of the base and of every model as flat kernel arrays (bfloat16 bits, else float32)."""
-        shape = self.base.info(name).shape
-        need = 4 * (math.prod(shape) if rows is None else (rows[1] - rows[0]) * math.prod(shape[1:]))  # any dtype
-        buffers = getattr(self._local, "buffers", None)
-        if buffers is None or buffers[0].numel() < need:
-            buffers = self._local.buffers = [torch.empty(need, dtype=torch.uint8) for _ in range(len(self.inputs) + 1)]
-        base = _kernel_array(self.base.read(name, rows, into=buffers[0]))
-        raw = [inp.checkpoint.read(name, rows, into=buffer) for inp, buffer in zip(self.inputs, buffers[1:])]
-        if len({t.dtype for t in raw}) > 1:  # one array type for all models: float32
-            raw = [t.float() for t in raw]
-        return base, tuple(_kernel_array(t) for t in raw)
+        """Rows of the base and of every model as flat kernel arrays (bfloat16 bits, else float32): views of the
+        memory-mapped files where they can be, else read into reused buffers."""
+        base = self._array(self.base, 0, name, rows)
+        xs = [self._array(inp.checkpoint, k + 1, name, rows) for k, inp in enumerate(self.inputs)]
+        if len({x.dtype for x in xs}) > 1:  # one array type for all models: float32
+            xs = [_as_float32(x) for x in xs]
+        for x in xs:  # read-only, as the maps are: one numba type for the whole tuple
+            x.flags.writeable = False
+        if len({numba.typeof(x) for x in xs}) > 1:  # still mixed (alignment): aligned copies
+            xs = [np.array(x) for x in xs]
+            for x in xs:
+                x.flags.writeable = False
+        return base, tuple(xs)
+
+    def _array(self, checkpoint, slot: int, name: str, rows) -> np.ndarray:
+        dtype = checkpoint.info(name).dtype
+        if hasattr(checkpoint, "mapped"):
+            raw = checkpoint.mapped(name, rows)
+        else:
+            shape = checkpoint.info(name).shape
+            need = 4 * (math.prod(shape) if rows is None else (rows[1] - rows[0]) * math.prod(shape[1:]))
+            buffers = self._local.__dict__.setdefault("buffers", {})
+            if buffers.get(slot) is None or buffers[slot].numel() < need:
+                buffers[slot] = torch.empty(need, dtype=torch.uint8)
+            raw = checkpoint.read(name, rows, into=buffers[slot]).reshape(-1).view(torch.uint8).numpy()
+        if dtype == torch.bfloat16:
+            return raw.view(np.uint16)
+        return raw.view(np.float32) if dtype == torch.float32 else raw.view(np.float16).astype(np.float32)
 
     def _sparsifiers(self, plan, blocks, numel, model_params, params, sparsifier):
         m = len(model_params)
@@ -240,11 +260,8 @@ class FusedMerger:
         raise RuntimeError(f"{name}: fewer entries equal to the threshold than counted")
 
 
-def _kernel_array(t: torch.Tensor) -> np.ndarray:
-    t = t.reshape(-1)
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(np.uint16)
-    return t.float().numpy() if t.dtype != torch.float32 else t.numpy()
+def _as_float32(x: np.ndarray) -> np.ndarray:
+    return (x.astype(np.uint32) << np.uint32(16)).view(np.float32) if x.dtype == np.uint16 else x
 
 
 def _kernel_view(t: torch.Tensor) -> np.ndarray:

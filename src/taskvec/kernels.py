@@ -185,6 +185,27 @@ def sparse_consensus(base, xs, kinds, thresholds, cuts, offset, seeds, random_th
                 store(out_c, j, value * lam + load(base_c, j))
 
 
+def not_finite(out, j):
+    """Whether entry j of `out` is inf or nan (overloaded for numba below)."""
+    raise NotImplementedError
+
+
+@overload(not_finite)
+def _not_finite(out, j):
+    if out.dtype == types.uint16:  # bfloat16 bits: the exponent is all ones
+        return lambda out, j: (out[j] & np.uint16(0x7F80)) == np.uint16(0x7F80)
+    return lambda out, j: not np.isfinite(out[j])
+
+
+@njit(nogil=True, cache=True)
+def all_finite(out):
+    """Whether every stored value is finite."""
+    bad = 0
+    for j in range(out.size):
+        bad += not_finite(out, j)
+    return bad == 0
+
+
 @njit(nogil=True, cache=True)
 def count_zeros(base, xs, models, zeros):
     """zeros[k] += how many entries of x_models[k] equal the base (a zero task-vector entry)."""
