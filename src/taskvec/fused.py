@@ -88,9 +88,8 @@ class FusedMerger:
             scratch = np.empty(0 if blocks == [None] else (blocks[0][1] - blocks[0][0]) * row_size, np.float32)
         total = sum(float(w) for w in (mp["weight"] for mp in model_params))
         divisor = np.float32(1.0 if abs(total) < 1e-8 else total)  # weight_total
-        for rows in blocks:
+        for rows, base, xs in self._each_block(name, blocks):
             start = 0 if rows is None else rows[0] * row_size
-            base, xs = self._read(name, rows)
             target = flat_out[start:start + base.size]
             dest = _kernel_view(target) if plan.out_dtype != torch.float16 else np.empty(base.size, np.float32)
             if family is None:
@@ -108,31 +107,28 @@ class FusedMerger:
         return out
 
     def _read(self, name, rows):
-        """Rows of the base and of every model as flat kernel arrays (bfloat16 bits, else float32): views of the
-        memory-mapped files where they can be, else read into reused buffers."""
+        """Rows of the base and of every model as flat kernel arrays (bfloat16 bits, else float32), read into
+        buffers this thread reuses: fresh memory for every read would cost the kernel a page fault per 4 KB."""
         base = self._array(self.base, 0, name, rows)
         xs = [self._array(inp.checkpoint, k + 1, name, rows) for k, inp in enumerate(self.inputs)]
         if len({x.dtype for x in xs}) > 1:  # one array type for all models: float32
             xs = [_as_float32(x) for x in xs]
-        for x in xs:  # read-only, as the maps are: one numba type for the whole tuple
-            x.flags.writeable = False
-        if len({numba.typeof(x) for x in xs}) > 1:  # still mixed (alignment): aligned copies
+        if len({numba.typeof(x) for x in xs}) > 1:  # one numba type for the tuple: aligned, writable copies
             xs = [np.array(x) for x in xs]
-            for x in xs:
-                x.flags.writeable = False
         return base, tuple(xs)
 
+    def _each_block(self, name, blocks):
+        """(rows, base, xs) block by block; the arrays are valid until the next block is read."""
+        for rows in blocks:
+            yield (rows, *self._read(name, rows))
+
     def _array(self, checkpoint, slot: int, name: str, rows) -> np.ndarray:
-        dtype = checkpoint.info(name).dtype
-        if hasattr(checkpoint, "mapped"):
-            raw = checkpoint.mapped(name, rows)
-        else:
-            shape = checkpoint.info(name).shape
-            need = 4 * (math.prod(shape) if rows is None else (rows[1] - rows[0]) * math.prod(shape[1:]))
-            buffers = self._local.__dict__.setdefault("buffers", {})
-            if buffers.get(slot) is None or buffers[slot].numel() < need:
-                buffers[slot] = torch.empty(need, dtype=torch.uint8)
-            raw = checkpoint.read(name, rows, into=buffers[slot]).reshape(-1).view(torch.uint8).numpy()
+        dtype, shape = checkpoint.info(name).dtype, checkpoint.info(name).shape
+        need = 4 * (math.prod(shape) if rows is None else (rows[1] - rows[0]) * math.prod(shape[1:]))  # any dtype
+        buffers = self._local.__dict__.setdefault("buffers", {})
+        if buffers.get(slot) is None or buffers[slot].numel() < need:
+            buffers[slot] = torch.empty(need, dtype=torch.uint8)
+        raw = checkpoint.read(name, rows, into=buffers[slot]).reshape(-1).view(torch.uint8).numpy()
         if dtype == torch.bfloat16:
             return raw.view(np.uint16)
         return raw.view(np.float32) if dtype == torch.float32 else raw.view(np.float16).astype(np.float32)
@@ -189,8 +185,7 @@ class FusedMerger:
         pick = [models[j] for j in todo]
         hist = np.zeros((len(pick), K.HI_BINS), dtype=np.int64)
         zeros = np.zeros(len(pick), dtype=np.int64)
-        for rows in blocks:
-            base, xs = self._read(name, rows)
+        for rows, base, xs in self._each_block(name, blocks):
             K.magnitude_histograms(base, tuple(xs[i] for i in pick), hist, zeros)
         cumulative = hist.cumsum(axis=1)
         bins = np.full(len(pick), -1, dtype=np.int64)
@@ -202,8 +197,7 @@ class FusedMerger:
         if (bins < 0).all():
             return result
         low = np.zeros((len(pick), K.LO_BINS), dtype=np.int64)
-        for rows in blocks:
-            base, xs = self._read(name, rows)
+        for rows, base, xs in self._each_block(name, blocks):
             K.magnitude_low_histograms(base, tuple(xs[i] for i in pick), bins, low)
         for p, j in enumerate(todo):
             if bins[p] < 0:
@@ -226,15 +220,13 @@ class FusedMerger:
         numel = sum(self._block_size(name, rows) for rows in blocks)
         sample = blocks[::16]
         zeros = np.zeros(len(models), dtype=np.int64)
-        for rows in sample:
-            base, xs = self._read(name, rows)
+        for rows, base, xs in self._each_block(name, sample):
             K.count_zeros(base, xs, np.array(models, dtype=np.int64), zeros)
         seen = sum(self._block_size(name, rows) for rows in sample)
         likely = [k for k in range(len(models)) if zeros[k] / seen >= ranks[k] / numel + 0.02]
         if likely:
             zeros = np.zeros(len(likely), dtype=np.int64)
-            for rows in blocks:
-                base, xs = self._read(name, rows)
+            for rows, base, xs in self._each_block(name, blocks):
                 K.count_zeros(base, xs, np.array([models[k] for k in likely], dtype=np.int64), zeros)
             for k, count in zip(likely, zeros):
                 if count >= ranks[k]:
@@ -249,8 +241,7 @@ class FusedMerger:
         """Flat index of the count-th entry with |x - base| == value (sparsify._tie_cut)."""
         remaining = np.array([count], dtype=np.int64)
         row_size = None
-        for rows in blocks:
-            base, xs = self._read(name, rows)
+        for rows, base, xs in self._each_block(name, blocks):
             at = K.find_nth_equal(base, xs[model], np.float32(value), remaining)
             if at >= 0:
                 if rows is None:

@@ -6,7 +6,6 @@ unpickled except through ``torch.load(weights_only=True)``.
 
 import json
 import math
-import mmap
 import os
 import re
 import threading
@@ -14,11 +13,10 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..errors import TaskvecError
-from .safetensors_file import Entry, byte_range, read_header, read_tensor
+from .safetensors_file import Entry, read_header, read_tensor
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -103,41 +101,20 @@ class SafetensorsCheckpoint(Checkpoint):
                     f"{missing[0]!r} in {weight_map[missing[0]]}; the download is incomplete"
                 )
         self._fds: dict[Path, int] = {}
-        self._maps: dict[Path, mmap.mmap] = {}
         self._lock = threading.Lock()
 
     def _fd(self, file: Path) -> int:
         with self._lock:
-            return self._fd_unlocked(file)
-
-    def _fd_unlocked(self, file: Path) -> int:
-        if file not in self._fds:
-            self._fds[file] = os.open(file, os.O_RDONLY)
-        return self._fds[file]
+            if file not in self._fds:
+                self._fds[file] = os.open(file, os.O_RDONLY)
+            return self._fds[file]
 
     def read(self, name: str, rows: tuple[int, int] | None = None, into: torch.Tensor | None = None) -> torch.Tensor:
         file, entry = self._entries[name]
         return read_tensor(file, entry, self._fd(file), rows, into)
 
-    def mapped(self, name: str, rows: tuple[int, int] | None = None) -> np.ndarray:
-        """The stored bytes of a tensor (or of some rows) as a read-only uint8 array over a memory map of its file:
-        no copy out of the page cache, for the fused kernels. The map lives until ``close``."""
-        file, entry = self._entries[name]
-        with self._lock:
-            if file not in self._maps:
-                self._maps[file] = mmap.mmap(self._fd_unlocked(file), 0, access=mmap.ACCESS_READ)
-            mapping = self._maps[file]
-        start, nbytes, _ = byte_range(entry, rows)
-        return np.frombuffer(mapping, dtype=np.uint8, count=nbytes, offset=start)
-
     def close(self) -> None:
         with self._lock:
-            for mapping in self._maps.values():
-                try:
-                    mapping.close()
-                except BufferError:  # an array still views it: the map goes when that array does
-                    pass
-            self._maps.clear()
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()

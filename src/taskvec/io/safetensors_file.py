@@ -79,20 +79,16 @@ def read_header(path: Path) -> tuple[dict[str, Entry], dict[str, str]]:
     return entries, metadata
 
 
-def byte_range(entry: Entry, rows: tuple[int, int] | None = None) -> tuple[int, int, tuple[int, ...]]:
-    """(first byte in the file, byte count, shape) of a tensor or of the rows [start, stop) of its first dimension."""
-    if rows is None:
-        return entry.start, entry.nbytes, entry.shape
-    row_bytes = entry.dtype.itemsize * math.prod(entry.shape[1:])
-    return entry.start + rows[0] * row_bytes, (rows[1] - rows[0]) * row_bytes, (rows[1] - rows[0],) + entry.shape[1:]
-
-
 def read_tensor(path: Path, entry: Entry, fd: int | None = None, rows: tuple[int, int] | None = None,
                 into: torch.Tensor | None = None) -> torch.Tensor:
     """One tensor -- or the rows [start, stop) of its first dimension -- read with positioned reads (thread-safe on
     a shared descriptor). `into`, a uint8 buffer, is filled instead of fresh memory when it is large enough: reusing
     one buffer saves the kernel zeroing and mapping new pages for every read."""
-    start, nbytes, shape = byte_range(entry, rows)
+    shape, start, nbytes = entry.shape, entry.start, entry.nbytes
+    if rows is not None:
+        row_bytes = entry.dtype.itemsize * math.prod(shape[1:])
+        shape = (rows[1] - rows[0],) + shape[1:]
+        start, nbytes = entry.start + rows[0] * row_bytes, (rows[1] - rows[0]) * row_bytes
     buf = into[:nbytes] if into is not None and into.numel() >= nbytes else torch.empty(nbytes, dtype=torch.uint8)
     if nbytes:
         view = memoryview(buf.numpy())
