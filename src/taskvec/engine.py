@@ -8,7 +8,9 @@ written in the planned order, so the output is byte-identical whatever the numbe
 """
 
 import gc
+import math
 import os
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,6 +31,7 @@ class Job:
     read_bytes: int  # for progress
     run: Callable[[], torch.Tensor]
     memory: int = 0  # peak bytes the job holds until its result is written (an estimate)
+    release: Callable[[torch.Tensor], None] | None = None  # takes the result back once written (a buffer pool)
 
 
 @dataclass
@@ -37,6 +40,34 @@ class RunStats:
     bytes_read: int
     bytes_written: int
     seconds: float
+
+
+class BufferPool:
+    """Result buffers used again once written: fresh memory costs a page fault and a zeroed page every 4 KB, 0.7 ns
+    per merged entry here, more than the merge arithmetic of task arithmetic. Keeps at most `limit` bytes idle."""
+
+    def __init__(self, limit: int):
+        self.limit, self.idle = limit, 0
+        self._free: dict[int, list[torch.Tensor]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        nbytes = math.prod(shape) * dtype.itemsize
+        with self._lock:
+            free = self._free.get(nbytes)
+            buffer = free.pop() if free else None
+            if buffer is not None:
+                self.idle -= nbytes
+        if buffer is None:
+            buffer = torch.empty(nbytes, dtype=torch.uint8)
+        return buffer.view(dtype).reshape(shape)
+
+    def give(self, tensor: torch.Tensor) -> None:
+        buffer = tensor.reshape(-1).view(torch.uint8)
+        with self._lock:
+            if self.idle + buffer.numel() <= self.limit:
+                self._free.setdefault(buffer.numel(), []).append(buffer)
+                self.idle += buffer.numel()
 
 
 def default_workers() -> int:
@@ -90,5 +121,7 @@ def _write_next(pending: deque, writer: ShardedWriter, reporter: Reporter) -> _W
     if tensor.dtype != job.dtype or tuple(tensor.shape) != job.shape:
         raise RuntimeError(f"{job.name}: job returned {tensor.dtype} {tuple(tensor.shape)}, planned {job.dtype} {job.shape}")
     writer.write(job.name, tensor)
+    if job.release is not None:
+        job.release(tensor)
     reporter.advance(job.read_bytes)
     return _Written(tensor.numel() * tensor.element_size(), job.memory)

@@ -20,6 +20,7 @@ import torch
 
 from . import kernels as K
 from .blocks import row_blocks
+from .engine import BufferPool
 from .inputs import ModelInput
 from .methods import get_method
 from .methods.sparsify import keep_count, keep_limit
@@ -44,8 +45,9 @@ def enabled() -> bool:
 class FusedMerger:
     """Merges the tensors the kernels cover; ``covers`` decides per tensor and its resolved parameters."""
 
-    def __init__(self, method, base, inputs):
+    def __init__(self, method, base, inputs, outputs: BufferPool | None = None):
         self.method, self.base, self.inputs = method, base, inputs
+        self.outputs = outputs or BufferPool(0)  # where results come from; the engine gives them back once written
         self._local = threading.local()  # per worker thread: one reusable read buffer per checkpoint
 
     @staticmethod
@@ -76,7 +78,7 @@ class FusedMerger:
         row_size = numel // plan.shape[0] if plan.shape else 1
         weights = np.array([mp["weight"] for mp in model_params], dtype=np.float32)
         lam = np.float32(params["lambda"])
-        out = torch.empty(plan.shape, dtype=plan.out_dtype)
+        out = self.outputs.take(plan.shape, plan.out_dtype)
         flat_out = out.reshape(-1)
         family = FAMILY.get(self.method.name)
         if family is not None:

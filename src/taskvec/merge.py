@@ -15,7 +15,7 @@ import torch
 
 from .blocks import abs_flat, row_blocks
 from .dtypes import dtype_name, parse_dtype
-from .engine import DEFAULT_MEMORY_BUDGET, Job, RunStats, default_workers, execute
+from .engine import DEFAULT_MEMORY_BUDGET, BufferPool, Job, RunStats, default_workers, execute
 from .errors import TaskvecError
 from .fingerprint import Fingerprinter, new_digest, update
 from .fused import FusedMerger
@@ -125,7 +125,7 @@ def merge_inputs(
     merger = TensorMerger(method, base, inputs, device, options.compute_dtype, needs_base, fingerprint)
     fused = None
     if FusedMerger.applies(method, base, inputs, device, options.compute_dtype, fingerprint):
-        fused = FusedMerger(method, base, inputs)
+        fused = FusedMerger(method, base, inputs, BufferPool(options.memory_budget // 2))
 
     def job(plan: TensorPlan) -> Job:
         if not plan.merge:
@@ -134,7 +134,8 @@ def merge_inputs(
         model_params, params = resolved[plan.name]
         if fused is not None and fused.covers(plan, params):
             return Job(plan.name, plan.shape, plan.out_dtype, plan.read_bytes,
-                       lambda: fused.merge(plan, model_params, params, check_finite), fused.memory(plan))
+                       lambda: fused.merge(plan, model_params, params, check_finite), fused.memory(plan),
+                       fused.outputs.give)
         return Job(plan.name, plan.shape, plan.out_dtype, plan.read_bytes,
                    lambda: merger.merge(plan, model_params, params), merger.memory(plan))
 
