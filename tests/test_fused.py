@@ -23,6 +23,8 @@ from conftest import read_model, write_model
 
 ROWS = BLOCK_ELEMENTS // 128 + 37  # a 128-column tensor of this many rows spans two blocks, the second partial
 CASES = [
+    ("linear", [{"weight": 0.5}, {"weight": 0.3}, {"weight": 1.1}], {}),
+    ("linear", [{"weight": 0.5}, {"weight": -0.3}, {"weight": 1.1}], {"normalize": False}),
     ("task_arithmetic", [{"weight": 0.5}, {"weight": -0.3}, {"weight": 1.1}], {}),
     ("task_arithmetic", [{"weight": 0.5}, {"weight": 0.3}, {"weight": 1.1}], {"normalize": True, "lambda": 0.7}),
     ("ties", [{"weight": 1.0, "density": 0.5}] * 3, {}),
@@ -56,8 +58,9 @@ def quantised_models(root, dtypes, unchanged=0.0):
 
 def merge_both(root, method, model_params, params, out_dtype, monkeypatch, workers=2):
     recipe = Recipe.model_validate({
-        "merge_method": method, "base_model": str(root / "base"), "dtype": out_dtype, "parameters": params,
+        "merge_method": method, "dtype": out_dtype, "parameters": params,
         "models": [{"model": str(root / f"ft{i}"), "parameters": p} for i, p in enumerate(model_params)],
+        **({} if method == "linear" else {"base_model": str(root / "base")}),  # linear's base is one of the models
     })
     calls = []
     original = FusedMerger.merge

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import yaml
 
+from taskvec.methods import get_method
+from taskvec.methods.sparsify import RANDOM_STREAM
+
 
 def recipe(method: str, base: Path, models: list[Path], config: dict) -> str:
     """A mergekit-style recipe: `density` per model (as mergekit puts it), everything else global; weights 1."""
@@ -26,7 +29,11 @@ def recipe(method: str, base: Path, models: list[Path], config: dict) -> str:
 
 
 def identity(recipe_text: str) -> str:
-    return "merge:" + hashlib.sha1(recipe_text.encode()).hexdigest()[:16]
+    """The recipe's hash; for methods that draw random masks also the name of taskvec's random stream, whose draws
+    decide the merged model as much as the recipe does."""
+    method = get_method(yaml.safe_load(recipe_text)["merge_method"])
+    text = recipe_text + (f"\nrandom stream: {RANDOM_STREAM}" if method.random else "")
+    return "merge:" + hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 @contextmanager

@@ -35,7 +35,7 @@ KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 CUT_ALL = 1 << 62  # a tie cut beyond any index: every entry equal to the threshold is kept
 # the reference functions the kernels reproduce: a method whose fn is anything else (a variant, a wrapper) is not
 # fused
-_REFERENCE = {name: get_method(name).fn for name in (*FAMILY, "task_arithmetic")}
+_REFERENCE = {name: get_method(name).fn for name in (*FAMILY, "task_arithmetic", "linear")}
 
 
 def enabled() -> bool:
@@ -48,16 +48,19 @@ class FusedMerger:
     def __init__(self, method, base, inputs, outputs: BufferPool | None = None):
         self.method, self.base, self.inputs = method, base, inputs
         self.outputs = outputs or BufferPool(0)  # where results come from; the engine gives them back once written
+        self._with_base = method.name != "linear"  # linear averages the models alone (a base is one of them, if any)
         self._local = threading.local()  # per worker thread: one reusable read buffer per checkpoint
 
     @staticmethod
     def applies(method, base, inputs, device, compute_dtype, fingerprint) -> bool:
-        return (enabled() and base is not None and device.type == "cpu" and compute_dtype == torch.float32
-                and fingerprint is None and _REFERENCE.get(method.name) is method.fn
-                and all(type(i) is ModelInput for i in inputs))
+        return (enabled() and (base is not None or method.name == "linear") and device.type == "cpu"
+                and compute_dtype == torch.float32 and fingerprint is None
+                and _REFERENCE.get(method.name) is method.fn and all(type(i) is ModelInput for i in inputs))
 
     def covers(self, plan, params: dict) -> bool:
-        dtypes = [self.base.info(plan.name).dtype] + [i.info(plan.name).dtype for i in self.inputs]
+        dtypes = [i.info(plan.name).dtype for i in self.inputs]
+        if self._with_base:
+            dtypes.append(self.base.info(plan.name).dtype)
         if not all(d in KERNEL_DTYPES for d in dtypes) or plan.out_dtype not in KERNEL_DTYPES:
             return False
         if self.method.name in FAMILY:
@@ -77,7 +80,7 @@ class FusedMerger:
         numel = math.prod(plan.shape)
         row_size = numel // plan.shape[0] if plan.shape else 1
         weights = np.array([mp["weight"] for mp in model_params], dtype=np.float32)
-        lam = np.float32(params["lambda"])
+        lam = np.float32(params.get("lambda", 1.0))
         out = self.outputs.take(plan.shape, plan.out_dtype)
         flat_out = out.reshape(-1)
         family = FAMILY.get(self.method.name)
@@ -92,11 +95,14 @@ class FusedMerger:
         divisor = np.float32(1.0 if abs(total) < 1e-8 else total)  # weight_total
         for rows, base, xs in self._each_block(name, blocks):
             start = 0 if rows is None else rows[0] * row_size
-            target = flat_out[start:start + base.size]
-            dest = _kernel_view(target) if plan.out_dtype != torch.float16 else np.empty(base.size, np.float32)
+            target = flat_out[start:start + xs[0].size]
+            dest = _kernel_view(target) if plan.out_dtype != torch.float16 else np.empty(xs[0].size, np.float32)
             if family is None:
-                acc = scratch if scratch.size >= base.size else np.empty(base.size, np.float32)
-                K.weighted_deltas(base, xs, weights, params["normalize"], divisor, lam, dest, acc)
+                acc = scratch if scratch.size >= dest.size else np.empty(dest.size, np.float32)
+                if self._with_base:
+                    K.weighted_deltas(base, xs, weights, params["normalize"], divisor, lam, dest, acc)
+                else:
+                    K.weighted_models(xs, weights, params["normalize"], divisor, dest, acc)
             else:
                 K.sparse_consensus(base, xs, kinds, thresholds, cuts, np.int64(start), seeds, random_thresholds,
                                    rescales, factors, weights, K.CONSENSUS_SUM if family[1] else K.CONSENSUS_NONE,
@@ -111,7 +117,7 @@ class FusedMerger:
     def _read(self, name, rows):
         """Rows of the base and of every model as flat kernel arrays (bfloat16 bits, else float32), read into
         buffers this thread reuses: fresh memory for every read would cost the kernel a page fault per 4 KB."""
-        base = self._array(self.base, 0, name, rows)
+        base = self._array(self.base, 0, name, rows) if self._with_base else None
         xs = [self._array(inp.checkpoint, k + 1, name, rows) for k, inp in enumerate(self.inputs)]
         if len({x.dtype for x in xs}) > 1:  # one array type for all models: float32
             xs = [_as_float32(x) for x in xs]

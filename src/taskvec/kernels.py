@@ -79,6 +79,20 @@ def _magnitude_bits(value):
 
 
 @njit(nogil=True, cache=True)
+def weighted_models(xs, weights, normalize, divisor, out, acc):
+    """Linear: (sum_i w_i * x_i) [/ divisor]."""
+    n = out.size
+    for j in range(n):
+        acc[j] = load(xs[0], j) * weights[0]
+    for i in range(1, len(xs)):
+        x, w = xs[i], weights[i]
+        for j in range(n):
+            acc[j] = acc[j] + load(x, j) * w
+    for j in range(n):
+        store(out, j, acc[j] / divisor if normalize else acc[j])
+
+
+@njit(nogil=True, cache=True)
 def weighted_deltas(base, xs, weights, normalize, divisor, lam, out, acc):
     """Task arithmetic: base + lam * (sum_i w_i * (x_i - base)) [/ divisor]."""
     n = base.size
