@@ -29,6 +29,7 @@ def write(results_dir: Path, path: Path) -> None:
         if strong.is_file():
             sections.append(module.markdown(json.loads(strong.read_text()), path.parent, STRONG_TITLE))
         m = result.get("machine", {})
-        sections.append(f"_{part}: {result.get('seconds', 0):.0f} s on {m.get('cpus')} CPUs, {m.get('platform')}, "
+        sections.append(f"_{part}: {result.get('seconds', 0):.0f} s on {m.get('cpus')} CPUs (models and accuracies "
+                        f"already in the cache are reused), {m.get('platform')}, "
                         f"torch {m.get('torch')}{' — SMOKE RUN: pipeline check only, numbers meaningless' if result.get('smoke') else ''}._\n")
     path.write_text("\n".join(sections))

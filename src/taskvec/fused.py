@@ -1,11 +1,12 @@
 """The fast path: merge a tensor with the fused kernels instead of the reference tensor code, same bits out.
 
 It covers the common case -- models (not stored task vectors) on the CPU, float inputs, float32 compute, and the
-methods task_arithmetic, ties (per-tensor or global trim, no L1 rescale, sign by sum), dare_ties and dare_linear --
-and ``FusedMerger.covers`` says no to anything else, which then runs the reference path. Per block it reads the
-stored rows of the base and every model and hands their raw bits to one kernel that writes the output rows. TIES'
-per-tensor top-k threshold comes from magnitude histograms (one streaming pass, a second for the rare threshold
-that is not zero, a partial third for ties), never a whole-tensor buffer or a sort.
+methods linear, task_arithmetic, ties (per-tensor or global trim, no L1 rescale, sign by sum), dare_ties and
+dare_linear -- and ``FusedMerger.covers`` says no to anything else, which then runs the reference path. Per block it
+reads the stored rows of the base and every model and hands their raw bits to one kernel that writes the output
+rows. TIES' per-tensor top-k threshold comes from counting zeros when most of a task vector is zero, else from
+magnitude histograms (one streaming pass, a second inside the bin that holds the threshold, a partial third to cut
+a tie), never from a whole-tensor buffer or a sort.
 
 Set TASKVEC_FUSED=0 to run everything through the reference path.
 """
@@ -25,7 +26,7 @@ from .inputs import ModelInput
 from .methods import get_method
 from .methods.sparsify import keep_count, keep_limit
 
-# method -> (sparsifier, consensus) for the task-vector family; task_arithmetic has its own kernel
+# method -> (sparsifier, consensus) for the task-vector family; linear and task_arithmetic have kernels of their own
 FAMILY = {
     "ties": (K.KEEP_MAGNITUDE, True),
     "dare_ties": (K.KEEP_RANDOM, True),
@@ -63,9 +64,9 @@ class FusedMerger:
             dtypes.append(self.base.info(plan.name).dtype)
         if not all(d in KERNEL_DTYPES for d in dtypes) or plan.out_dtype not in KERNEL_DTYPES:
             return False
-        if self.method.name in FAMILY:
-            return params.get("consensus_method", "sum") == "sum" and not (self.method.name == "ties" and params["rescale"])
-        return True
+        if self.method.name == "ties" and params["rescale"]:  # the L1 rescale needs a float32 sum: reference only
+            return False
+        return params.get("consensus_method", "sum") == "sum"
 
     def memory(self, plan) -> int:
         """Peak bytes: the output tensor, plus a block of every input in its stored dtype and float32 scratch."""
