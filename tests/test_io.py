@@ -145,12 +145,31 @@ def test_config_tokenizer_and_model_card_are_written(tmp_path):
     assert tensors["layers.0.w"].dtype == torch.bfloat16 and tensors["position_ids"].dtype == torch.int64
 
 
-def test_writer_streams_in_planned_order_and_rejects_surprises(tmp_path):
-    specs = [("a", torch.float32, (2,)), ("b", torch.float16, (3,))]
+def test_writer_puts_tensors_at_planned_places_in_any_order_and_rejects_surprises(tmp_path):
+    """Workers write their results as they finish: the files' bytes must not depend on that order."""
+    specs = [("a", torch.float32, (2,)), ("b", torch.float16, (3,)), ("c", torch.bfloat16, (4, 2))]
+    tensors = {"a": torch.tensor([1.0, 2.0]), "b": torch.arange(3).half(), "c": torch.randn(4, 2).bfloat16()}
+    outputs = []
+    for order in ("abc", "cab"):
+        with ShardedWriter(tmp_path / order, specs, shard_size=20) as w:  # two shards
+            for name in order:
+                w.write(name, tensors[name])
+            w.commit()
+        outputs.append({f.name: f.read_bytes() for f in sorted((tmp_path / order).iterdir())})
+        got = read_model(tmp_path / order)
+        assert got.keys() == tensors.keys() and all(torch.equal(got[k], tensors[k]) for k in tensors)
+    assert outputs[0] == outputs[1] and len(outputs[0]) == 3  # two shards and the index
     with ShardedWriter(tmp_path / "o", specs) as w:
-        with pytest.raises(RuntimeError, match="writer expected a"):
-            w.write("b", torch.zeros(3, dtype=torch.float16))
-    assert not (tmp_path / "o").exists() and list(tmp_path.iterdir()) == []
+        with pytest.raises(RuntimeError, match="not planned"):
+            w.write("z", torch.zeros(1))
+        with pytest.raises(RuntimeError, match="writer expected b"):
+            w.write("b", torch.zeros(3))
+        w.write("a", tensors["a"])
+        with pytest.raises(RuntimeError, match="twice"):
+            w.write("a", tensors["a"])
+        with pytest.raises(RuntimeError, match="closed after 1 of 3"):
+            w.commit()
+    assert not (tmp_path / "o").exists() and not any(p.name.startswith(".o") or p.name == "o" for p in tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("text,size", [("5GB", 5 * 10**9), ("500MB", 5 * 10**8), ("2GiB", 2 * 2**30), ("1024", 1024)])

@@ -1,10 +1,12 @@
-"""Run per-tensor jobs on worker threads and write their results in planned order.
+"""Run per-tensor jobs on worker threads, each writing its own result at the result's planned place in the output.
 
-Each job reads its inputs, computes one output tensor and returns it; torch and the positioned reads release the
-GIL, so threads overlap reading, math and writing. Jobs are admitted while the memory they are estimated to hold
-(inputs, scratch and result, until the result is written) fits a budget, and at most ``2 * workers`` at once; a job
-larger than the budget runs alone. So memory is bounded by a few tensors whatever the model size. Results are
-written in the planned order, so the output is byte-identical whatever the number of threads.
+Each job reads its inputs and computes one output tensor, which the same worker writes with a positioned write;
+torch, the kernels and the positioned reads and writes release the GIL, so threads overlap reading, math and
+writing, and no thread waits for an earlier tensor to finish. Jobs are submitted in planned (on-disk) order and
+admitted while the memory they are estimated to hold (inputs, scratch and result) fits a budget, and at most
+``2 * workers`` at once; a job larger than the budget runs alone. So memory is bounded by a few tensors whatever the
+model size, and as every tensor has a fixed place in the files, the output is byte-identical whatever the number of
+threads or the order they finish in.
 """
 
 import gc
@@ -12,8 +14,7 @@ import math
 import os
 import threading
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable
 
@@ -85,23 +86,31 @@ def execute(jobs: list[Job], writer: ShardedWriter, workers: int | None = None, 
     start = time.monotonic()
     written = 0
     held = 0  # estimated bytes of the jobs in flight
-    pending: deque[tuple[Job, Future]] = deque()
+    running: dict[Future, Job] = {}
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="taskvec")
     # Blocks allocate many small Python objects; the collector would walk every object torch and numba created at
     # import, again and again (5% of a merge's CPU). Frozen objects are skipped; they thaw afterwards.
     gc.freeze()
+
+    def settle() -> None:
+        nonlocal written, held
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        for fut in done:
+            job = running.pop(fut)
+            written += fut.result()  # re-raises the job's error
+            held -= job.memory
+            reporter.advance(job.read_bytes)
+
     try:
-        for job in jobs:
-            while pending and (len(pending) >= 2 * workers or held + job.memory > memory_budget):
-                done = _write_next(pending, writer, reporter)
-                written += done.nbytes
-                held -= done.memory
-            pending.append((job, pool.submit(job.run)))
+        for job in jobs:  # submitted in planned (on-disk) order; each worker writes its own result
+            while running and (len(running) >= 2 * workers or held + job.memory > memory_budget):
+                settle()
+            running[pool.submit(_run_and_write, job, writer)] = job
             held += job.memory
-        while pending:
-            written += _write_next(pending, writer, reporter).nbytes
+        while running:
+            settle()
     finally:
-        for _, fut in pending:
+        for fut in running:
             fut.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
         gc.unfreeze()
@@ -109,19 +118,11 @@ def execute(jobs: list[Job], writer: ShardedWriter, workers: int | None = None, 
     return RunStats(len(jobs), total, written, time.monotonic() - start)
 
 
-@dataclass(frozen=True)
-class _Written:
-    nbytes: int
-    memory: int
-
-
-def _write_next(pending: deque, writer: ShardedWriter, reporter: Reporter) -> _Written:
-    job, fut = pending.popleft()
-    tensor = fut.result()
+def _run_and_write(job: Job, writer: ShardedWriter) -> int:
+    tensor = job.run()
     if tensor.dtype != job.dtype or tuple(tensor.shape) != job.shape:
         raise RuntimeError(f"{job.name}: job returned {tensor.dtype} {tuple(tensor.shape)}, planned {job.dtype} {job.shape}")
     writer.write(job.name, tensor)
     if job.release is not None:
         job.release(tensor)
-    reporter.advance(job.read_bytes)
-    return _Written(tensor.numel() * tensor.element_size(), job.memory)
+    return tensor.numel() * tensor.element_size()

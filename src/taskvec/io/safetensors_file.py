@@ -10,6 +10,7 @@ import json
 import math
 import os
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,44 +110,56 @@ def read_tensor(path: Path, entry: Entry, fd: int | None = None, rows: tuple[int
 
 
 class StreamingFile:
-    """Write one safetensors file whose tensor list is known up front, one tensor at a time, in header order."""
+    """One safetensors file whose tensor list is known up front: the header is written at once, then each tensor at
+    its planned offset -- in any order, from any thread (positioned writes) -- so workers write their own results."""
 
     def __init__(self, path: Path, specs: list[tuple[str, torch.dtype, tuple[int, ...]]], metadata: dict[str, str]):
         header: dict[str, object] = {"__metadata__": metadata}
         offset = 0
-        self._order = []
+        self._slots: dict[str, tuple[torch.dtype, tuple[int, ...], int]] = {}
         for name, dtype, shape in specs:
             nbytes = dtype.itemsize * math.prod(shape)
             header[name] = {"dtype": SAFETENSORS_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-            self._order.append((name, dtype, shape))
+            self._slots[name] = (dtype, tuple(shape), offset)
             offset += nbytes
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % _ALIGN)
         self.path = path
         self.total_bytes = offset
-        self._next = 0
-        self._file = open(path, "wb", buffering=0)
-        self._file.write(struct.pack("<Q", len(raw)) + raw)
+        self._data_start = 8 + len(raw)
+        self._written: set[str] = set()
+        self._lock = threading.Lock()
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._pwrite(memoryview(struct.pack("<Q", len(raw)) + raw), 0)
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
-        expected_name, dtype, shape = self._order[self._next]
-        if name != expected_name or tensor.dtype != dtype or tuple(tensor.shape) != shape:
-            raise RuntimeError(
-                f"writer expected {expected_name} {dtype} {shape}, got {name} {tensor.dtype} {tuple(tensor.shape)}"
-            )
+        if name not in self._slots:
+            raise RuntimeError(f"writer: tensor {name} is not planned in {self.path.name}")
+        dtype, shape, offset = self._slots[name]
+        if tensor.dtype != dtype or tuple(tensor.shape) != shape:
+            raise RuntimeError(f"writer expected {name} {dtype} {shape}, got {tensor.dtype} {tuple(tensor.shape)}")
+        with self._lock:
+            if name in self._written:
+                raise RuntimeError(f"writer: tensor {name} written twice")
+            self._written.add(name)
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-        view = memoryview(data)
+        self._pwrite(memoryview(data), self._data_start + offset)
+
+    def _pwrite(self, view: memoryview, at: int) -> None:
         while len(view):
-            n = self._file.write(view)
-            view = view[n:]
-        self._next += 1
+            n = os.pwrite(self._fd, view, at)
+            view, at = view[n:], at + n
 
     def close(self) -> None:
-        if self._next != len(self._order):
-            self._file.close()
-            raise RuntimeError(f"{self.path}: closed after {self._next} of {len(self._order)} tensors")
-        os.fsync(self._file.fileno())
-        self._file.close()
+        """fsync and close; an error if a planned tensor was never written."""
+        if len(self._written) != len(self._slots):
+            self.abort()
+            raise RuntimeError(f"{self.path}: closed after {len(self._written)} of {len(self._slots)} tensors")
+        if self._fd is not None:
+            os.fsync(self._fd)
+            self.abort()
 
     def abort(self) -> None:
-        self._file.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

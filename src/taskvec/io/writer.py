@@ -98,7 +98,9 @@ def _plan_shards(specs: list[tuple[str, torch.dtype, tuple[int, ...]]], shard_si
 
 
 class ShardedWriter:
-    """Streams tensors, in the order given up front, into ``<prefix>.safetensors`` or numbered shards plus index."""
+    """Writes planned tensors into ``<prefix>.safetensors`` or numbered shards plus index, in a temporary folder
+    renamed into place on ``commit``. Every file is created with its header at once; ``write`` puts a tensor at its
+    planned place, from any thread and in any order, so the bytes never depend on who finished first."""
 
     def __init__(
         self,
@@ -121,26 +123,19 @@ class ShardedWriter:
         self._index_name = None if n == 1 else f"{prefix}.safetensors.index.json"
         self.weight_map = {spec[0]: name for name, shard in self._shards for spec in shard}
         self.total_size = sum(spec[1].itemsize * math.prod(spec[2]) for _, shard in self._shards for spec in shard)
-        self._shard_no = -1
-        self._left_in_shard = 0
-        self._file: StreamingFile | None = None
+        self._files: dict[str, StreamingFile] = {}
         self._done = False
+        try:
+            for name, shard in self._shards:
+                self._files[name] = StreamingFile(self.tmp / name, shard, self.metadata)
+        except BaseException:
+            self.abort()
+            raise
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
-        while self._left_in_shard == 0:
-            self._next_shard()
-        self._file.write(name, tensor)
-        self._left_in_shard -= 1
-
-    def _next_shard(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        self._shard_no += 1
-        if self._shard_no >= len(self._shards):
-            raise RuntimeError("more tensors written than planned")
-        name, specs = self._shards[self._shard_no]
-        self._file = StreamingFile(self.tmp / name, specs, self.metadata)
-        self._left_in_shard = len(specs)
+        if name not in self.weight_map:
+            raise RuntimeError(f"writer: tensor {name} was not planned")
+        self._files[self.weight_map[name]].write(name, tensor)
 
     def write_text(self, relpath: str, text: str) -> None:
         (self.tmp / relpath).write_text(text)
@@ -151,14 +146,9 @@ class ShardedWriter:
         shutil.copy2(source, dest)
 
     def commit(self) -> Path:
-        """Close the last shard, write the index, and rename the folder into place."""
-        while self._shard_no < len(self._shards) - 1:  # shards with no tensors left (an empty model)
-            self._next_shard()
-        if self._left_in_shard:
-            raise RuntimeError(f"{self._left_in_shard} planned tensors were never written")
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        """Check every planned tensor was written, fsync the shards, write the index, rename the folder into place."""
+        for file in self._files.values():
+            file.close()
         if self._index_name:
             index = {"metadata": {"total_size": self.total_size}, "weight_map": self.weight_map}
             self.write_text(self._index_name, json.dumps(index, indent=2, sort_keys=True) + "\n")
@@ -167,9 +157,9 @@ class ShardedWriter:
         return self.target
 
     def abort(self) -> None:
-        if self._file is not None:
-            self._file.abort()
-            self._file = None
+        files, self._files = self._files, {}
+        for file in files.values():
+            file.abort()
         if not self._done:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
