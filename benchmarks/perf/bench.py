@@ -149,9 +149,12 @@ def recipe(method: str, base: Path, fts: list[Path]) -> str:
 
 
 def measure(name: str, make_cmd, out: Path, repeats: int, cold: bool) -> dict:
+    """Each run starts after the previous output is deleted and every dirty page is on disk (sync): otherwise the
+    kernel's write-back of one run's 2 GB lands in the next run's time (it made the floor vary 3-14 s)."""
     runs, cold_runs = [], []
     for _ in range(repeats):
         shutil.rmtree(out, ignore_errors=True)
+        os.sync()
         runs.append(run_child(make_cmd()))
     if cold:
         shutil.rmtree(out, ignore_errors=True)
