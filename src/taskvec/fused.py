@@ -224,7 +224,7 @@ class FusedMerger:
 
     def _zero_thresholds(self, name, blocks, models, ranks, todo, result) -> list[int]:
         """Settle the models whose threshold is zero -- more than 1 - density of the task vector is exactly zero,
-        common when a bfloat16 fine-tune left small updates unrounded -- with a cheap counting pass instead of the
+        common when a bfloat16 fine-tune's small updates rounded away -- with a cheap counting pass instead of the
         histograms. Every 16th block is sampled first, so models this cannot settle cost little."""
         numel = sum(self._block_size(name, rows) for rows in blocks)
         sample = blocks[::16]
