@@ -232,7 +232,12 @@ class FusedMerger:
         for rows, base, xs in self._each_block(name, sample):
             K.count_zeros(base, xs, np.array(models, dtype=np.int64), zeros)
         seen = sum(self._block_size(name, rows) for rows in sample)
-        likely = [k for k in range(len(models)) if zeros[k] / seen >= ranks[k] / numel + 0.02]
+        if len(sample) == len(blocks):  # the sample was everything (a small tensor): its counts are exact
+            likely, exact = [], [k for k in range(len(models)) if zeros[k] >= ranks[k]]
+        else:
+            likely, exact = [k for k in range(len(models)) if zeros[k] / seen >= ranks[k] / numel + 0.02], []
+        for k in exact:
+            result[todo[k]] = (0.0, -1)
         if likely:
             zeros = np.zeros(len(likely), dtype=np.int64)
             for rows, base, xs in self._each_block(name, blocks):
