@@ -46,7 +46,7 @@ def quantised_models(root, dtypes, unchanged=0.0):
     are often exactly zero (more so with `unchanged`, the fraction of entries a fine-tune leaves as they are), in a
     big two-block tensor, a small matrix and a vector."""
     g = torch.Generator().manual_seed(7)
-    shapes = {"big.weight": (ROWS, 128), "small.weight": (5, 7), "norm.weight": (37,)}
+    shapes = {"big.weight": (ROWS, 128), "small.weight": (5, 7), "norm.weight": (37,), "empty.weight": (0, 4)}
     base = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
     write_model(root / "base", {k: v.to(dtypes[0]) for k, v in base.items()})
     for i, dtype in enumerate(dtypes[1:]):
@@ -88,7 +88,7 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 def test_fused_equals_reference(tmp_path, monkeypatch, method, model_params, params, dtypes, out_dtype):
     root = quantised_models(tmp_path, dtypes)
     (reference, fused), calls = merge_both(root, method, model_params, params, out_dtype, monkeypatch)
-    assert calls == 3  # the fused path ran for every tensor
+    assert calls == len(reference)  # the fused path ran for every tensor
     assert reference.keys() == fused.keys()
     for name in reference:
         assert same_bits(reference[name], fused[name]), name
@@ -204,6 +204,6 @@ def test_fused_reads_pytorch_bin_checkpoints_too(tmp_path, monkeypatch):
     torch.save(base, root / "base" / "pytorch_model.bin")
     (reference, fused), calls = merge_both(root, "ties", [{"weight": 1.0, "density": 0.3}] * 3, {}, "bfloat16",
                                            monkeypatch)
-    assert calls == 3
+    assert calls == len(reference)
     for name in reference:
         assert same_bits(reference[name], fused[name]), name

@@ -79,7 +79,7 @@ class FusedMerger:
         name = plan.name
         blocks = row_blocks(plan.shape, "entry")
         numel = math.prod(plan.shape)
-        row_size = numel // plan.shape[0] if plan.shape else 1
+        row_size = math.prod(plan.shape[1:])  # entries per row (1 for a vector or a scalar)
         weights = np.array([mp["weight"] for mp in model_params], dtype=np.float32)
         lam = np.float32(params.get("lambda", 1.0))
         out = self.outputs.take(plan.shape, plan.out_dtype)
