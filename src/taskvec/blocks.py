@@ -24,6 +24,16 @@ def row_blocks(shape: tuple[int, ...], granularity: str) -> list[tuple[int, int]
     return [(r, min(shape[0], r + rows_per_block)) for r in range(0, shape[0], rows_per_block)]
 
 
+def block_numel(shape: tuple[int, ...], rows: tuple[int, int] | None) -> int:
+    """Entries in rows [start, stop) of a tensor, or in the whole tensor when `rows` is None."""
+    return math.prod(shape) if rows is None else (rows[1] - rows[0]) * math.prod(shape[1:])
+
+
+def block_start(shape: tuple[int, ...], rows: tuple[int, int] | None) -> int:
+    """Flat index, in its tensor, of a block's first entry."""
+    return 0 if rows is None else rows[0] * math.prod(shape[1:])
+
+
 def abs_flat(shape: tuple[int, ...], blocks: list, read: Callable, dtype: torch.dtype, device) -> torch.Tensor:
     """|x| of a whole tensor as one flat buffer, filled block by block (``read(rows)`` gives a block): a per-tensor
     statistic needs the whole tensor, but never the blocks and their concatenation at once."""

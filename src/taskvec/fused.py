@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from . import kernels as K
-from .blocks import row_blocks
+from .blocks import block_numel, block_start, row_blocks
 from .engine import BufferPool
 from .inputs import ModelInput
-from .methods import get_method
+from .methods import get_method, weight_total
 from .methods.sparsify import keep_count, keep_limit
 
 # method -> (sparsifier, consensus) for the task-vector family; linear and task_arithmetic have kernels of their own
@@ -71,15 +71,13 @@ class FusedMerger:
     def memory(self, plan) -> int:
         """Peak bytes: the output tensor, plus a block of every input in its stored dtype and float32 scratch."""
         numel = math.prod(plan.shape)
-        blocks = row_blocks(plan.shape, "entry")
-        block = numel if blocks == [None] else (blocks[0][1] - blocks[0][0]) * (numel // plan.shape[0])
+        block = block_numel(plan.shape, row_blocks(plan.shape, "entry")[0])
         return numel * plan.out_dtype.itemsize + block * (4 * (len(self.inputs) + 1) + 8 * len(self.inputs))
 
     def merge(self, plan, model_params: list[dict], params: dict, check_finite) -> torch.Tensor:
         name = plan.name
         blocks = row_blocks(plan.shape, "entry")
         numel = math.prod(plan.shape)
-        row_size = math.prod(plan.shape[1:])  # entries per row (1 for a vector or a scalar)
         weights = np.array([mp["weight"] for mp in model_params], dtype=np.float32)
         lam = np.float32(params.get("lambda", 1.0))
         out = self.outputs.take(plan.shape, plan.out_dtype)
@@ -91,19 +89,17 @@ class FusedMerger:
             scratch = np.empty((len(self.inputs) + 3, K.CHUNK), dtype=np.float32)
             seeds = np.array([mp.get("_seed", 0) for mp in model_params], dtype=np.uint64)
         else:
-            scratch = np.empty(0 if blocks == [None] else (blocks[0][1] - blocks[0][0]) * row_size, np.float32)
-        total = sum(float(w) for w in (mp["weight"] for mp in model_params))
-        divisor = np.float32(1.0 if abs(total) < 1e-8 else total)  # weight_total
+            scratch = np.empty(block_numel(plan.shape, blocks[0]), np.float32)  # the first block is the largest
+        divisor = np.float32(weight_total([mp["weight"] for mp in model_params]))
         for rows, base, xs in self._each_block(name, blocks):
-            start = 0 if rows is None else rows[0] * row_size
+            start = block_start(plan.shape, rows)
             target = flat_out[start:start + xs[0].size]
             dest = _kernel_view(target) if plan.out_dtype != torch.float16 else np.empty(xs[0].size, np.float32)
             if family is None:
-                acc = scratch if scratch.size >= dest.size else np.empty(dest.size, np.float32)
                 if self._with_base:
-                    K.weighted_deltas(base, xs, weights, params["normalize"], divisor, lam, dest, acc)
+                    K.weighted_deltas(base, xs, weights, params["normalize"], divisor, lam, dest, scratch)
                 else:
-                    K.weighted_models(xs, weights, params["normalize"], divisor, dest, acc)
+                    K.weighted_models(xs, weights, params["normalize"], divisor, dest, scratch)
             else:
                 K.sparse_consensus(base, xs, kinds, thresholds, cuts, np.int64(start), seeds, random_thresholds,
                                    rescales, factors, weights, K.CONSENSUS_SUM if family[1] else K.CONSENSUS_NONE,
@@ -132,8 +128,8 @@ class FusedMerger:
             yield (rows, *self._read(name, rows))
 
     def _array(self, checkpoint, slot: int, name: str, rows) -> np.ndarray:
-        dtype, shape = checkpoint.info(name).dtype, checkpoint.info(name).shape
-        need = 4 * (math.prod(shape) if rows is None else (rows[1] - rows[0]) * math.prod(shape[1:]))  # any dtype
+        dtype = checkpoint.info(name).dtype
+        need = 4 * block_numel(checkpoint.info(name).shape, rows)  # bytes enough for any kernel dtype
         buffers = self._local.__dict__.setdefault("buffers", {})
         if buffers.get(slot) is None or buffers[slot].numel() < need:
             buffers[slot] = torch.empty(need, dtype=torch.uint8)
@@ -188,7 +184,8 @@ class FusedMerger:
         todo = [j for j in range(len(models)) if result[j] is None]
         if not todo:
             return result
-        todo = self._zero_thresholds(name, blocks, [models[j] for j in todo], [ranks[j] for j in todo], todo, result)
+        todo = self._zero_thresholds(name, blocks, numel, [models[j] for j in todo], [ranks[j] for j in todo], todo,
+                                     result)
         if not todo:
             return result
         pick = [models[j] for j in todo]
@@ -222,16 +219,15 @@ class FusedMerger:
             result[j] = (threshold, cut)
         return result
 
-    def _zero_thresholds(self, name, blocks, models, ranks, todo, result) -> list[int]:
+    def _zero_thresholds(self, name, blocks, numel, models, ranks, todo, result) -> list[int]:
         """Settle the models whose threshold is zero -- more than 1 - density of the task vector is exactly zero,
         common when a bfloat16 fine-tune's small updates rounded away -- with a cheap counting pass instead of the
         histograms. Every 16th block is sampled first, so models this cannot settle cost little."""
-        numel = sum(self._block_size(name, rows) for rows in blocks)
         sample = blocks[::16]
         zeros = np.zeros(len(models), dtype=np.int64)
         for rows, base, xs in self._each_block(name, sample):
             K.count_zeros(base, xs, np.array(models, dtype=np.int64), zeros)
-        seen = sum(self._block_size(name, rows) for rows in sample)
+        seen = sum(block_numel(self.base.info(name).shape, rows) for rows in sample)
         if len(sample) == len(blocks):  # the sample was everything (a small tensor): its counts are exact
             likely, exact = [], [k for k in range(len(models)) if zeros[k] >= ranks[k]]
         else:
@@ -247,21 +243,13 @@ class FusedMerger:
                     result[todo[k]] = (0.0, -1)
         return [j for j in todo if result[j] is None]
 
-    def _block_size(self, name, rows) -> int:
-        shape = self.base.info(name).shape
-        return math.prod(shape) if rows is None else (rows[1] - rows[0]) * math.prod(shape[1:])
-
     def _nth_equal(self, name, blocks, model: int, value: float, count: int) -> int:
         """Flat index of the count-th entry with |x - base| == value (sparsify._tie_cut)."""
         remaining = np.array([count], dtype=np.int64)
-        row_size = None
         for rows, base, xs in self._each_block(name, blocks):
             at = K.find_nth_equal(base, xs[model], np.float32(value), remaining)
             if at >= 0:
-                if rows is None:
-                    return at
-                row_size = row_size or base.size // (rows[1] - rows[0])
-                return rows[0] * row_size + at
+                return block_start(self.base.info(name).shape, rows) + at
         raise RuntimeError(f"{name}: fewer entries equal to the threshold than counted")
 
 

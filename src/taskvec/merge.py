@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .blocks import abs_flat, row_blocks
+from .blocks import abs_flat, block_numel, block_start, row_blocks
 from .dtypes import dtype_name, parse_dtype
 from .engine import DEFAULT_MEMORY_BUDGET, BufferPool, Job, RunStats, default_workers, execute
 from .errors import TaskvecError
@@ -233,8 +233,7 @@ class TensorMerger:
         """Peak bytes of a merge job: output, plus the whole base and one |task vector| for a statistic, plus the
         float32 temporaries of a block (every input, its pruned copy and the masks)."""
         numel = math.prod(plan.shape)
-        blocks = row_blocks(plan.shape, self.method.granularity)
-        block = numel if blocks == [None] else (blocks[0][1] - blocks[0][0]) * (numel // plan.shape[0])
+        block = block_numel(plan.shape, row_blocks(plan.shape, self.method.granularity)[0])
         held = 3 if self.method.streaming else 2 * len(self.inputs) + 4
         total = numel * plan.out_dtype.itemsize + held * block * self.cd.itemsize
         if self.method.statistic is not None:
@@ -270,7 +269,7 @@ class TensorMerger:
             b = base_rows(rows, hash_it=True)
             mps = model_params
             if (method.random or method.statistic is not None) and rows is not None:  # the block's flat start
-                mps = [{**mp, "_offset": rows[0] * (math.prod(plan.shape) // plan.shape[0])} for mp in mps]
+                mps = [{**mp, "_offset": block_start(plan.shape, rows)} for mp in mps]
             if method.inputs == "deltas":
                 xs = (inp.delta(name, b, self.cd, self.device, rows) for inp in self.inputs)
             else:
