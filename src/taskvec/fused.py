@@ -22,6 +22,7 @@ import torch
 from . import kernels as K
 from .blocks import block_numel, block_start, row_blocks
 from .engine import BufferPool
+from .global_trim import HI_BINS, LO_BINS, bin_of_rank, magnitude_of
 from .inputs import ModelInput
 from .methods import get_method, weight_total
 from .methods.sparsify import keep_count, keep_limit
@@ -189,31 +190,31 @@ class FusedMerger:
         if not todo:
             return result
         pick = [models[j] for j in todo]
-        hist = np.zeros((len(pick), K.HI_BINS), dtype=np.int64)
+        hist = np.zeros((len(pick), HI_BINS), dtype=np.int64)
         zeros = np.zeros(len(pick), dtype=np.int64)
         for rows, base, xs in self._each_block(name, blocks):
             K.magnitude_histograms(base, tuple(xs[i] for i in pick), hist, zeros)
         cumulative = hist.cumsum(axis=1)
         bins = np.full(len(pick), -1, dtype=np.int64)
+        in_bin = {}  # p -> the wanted rank within its bin
         for p, j in enumerate(todo):
             if zeros[p] >= ranks[j]:  # the threshold is 0: keep the non-zero entries, no tie scan
                 result[j] = (0.0, -1)
             else:
-                bins[p] = int(np.searchsorted(cumulative[p], ranks[j]))
+                bins[p], in_bin[p] = bin_of_rank(cumulative[p], ranks[j])
         if (bins < 0).all():
             return result
-        low = np.zeros((len(pick), K.LO_BINS), dtype=np.int64)
+        low = np.zeros((len(pick), LO_BINS), dtype=np.int64)
         for rows, base, xs in self._each_block(name, blocks):
             K.magnitude_low_histograms(base, tuple(xs[i] for i in pick), bins, low)
         for p, j in enumerate(todo):
             if bins[p] < 0:
                 continue
             b = int(bins[p])
-            below_bin = int(cumulative[p, b - 1]) if b > 0 else 0
             low_cumulative = low[p].cumsum()
-            lo = int(np.searchsorted(low_cumulative, ranks[j] - below_bin))
-            threshold = float(np.array([(b << 16) | lo], dtype=np.uint32).view(np.float32)[0])
-            greater = numel - below_bin - int(low_cumulative[lo])
+            lo, _ = bin_of_rank(low_cumulative, in_bin[p])
+            threshold = magnitude_of(b, lo)
+            greater = numel - (ranks[j] - in_bin[p]) - int(low_cumulative[lo])
             needed = keep_count(numel, densities[j]) - greater
             cut = CUT_ALL if needed == int(low[p, lo]) else self._nth_equal(name, blocks, pick[p], threshold, needed)
             result[j] = (threshold, cut)

@@ -12,6 +12,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 from .errors import TaskvecError
@@ -19,6 +20,17 @@ from .methods import MergeMethod
 from .methods.sparsify import keep_count
 
 HI_BINS, LO_BINS = 1 << 15, 1 << 16
+
+
+def bin_of_rank(cumulative, rank: int) -> tuple[int, int]:
+    """(bin, rank within that bin) of the 1-based ascending `rank`, from a histogram's cumulative counts."""
+    b = int(np.searchsorted(np.asarray(cumulative), rank))
+    return b, rank - (int(cumulative[b - 1]) if b > 0 else 0)
+
+
+def magnitude_of(high: int, low: int) -> float:
+    """The non-negative float32 whose top 16 bits are `high` and low 16 bits `low`."""
+    return float(np.array([(high << 16) | low], dtype=np.uint32).view(np.float32)[0])
 
 
 def _bits(delta: torch.Tensor) -> torch.Tensor:
@@ -51,8 +63,7 @@ def exact_ascending_ranks(
     for i, wanted in enumerate(ranks):
         row = []
         for r in wanted:
-            b = int(torch.searchsorted(cum_hi[i], torch.tensor(r)))
-            row.append((b, r - (int(cum_hi[i, b - 1]) if b > 0 else 0)))
+            row.append(bin_of_rank(cum_hi[i].numpy(), r))
         targets.append(row)
     bins = [sorted({b for b, _ in row}) for row in targets]
     lo = [{b: torch.zeros(LO_BINS, dtype=torch.int64) for b in row} for row in bins]
@@ -72,8 +83,7 @@ def exact_ascending_ranks(
     for i, row in enumerate(targets):
         found = []
         for b, r in row:
-            low = int(torch.searchsorted(lo[i][b].cumsum(0), torch.tensor(r)))
-            found.append(float(torch.tensor([(b << 16) | low], dtype=torch.int32).view(torch.float32)))
+            found.append(magnitude_of(b, bin_of_rank(lo[i][b].cumsum(0).numpy(), r)[0]))
         values.append(found)
     return values
 

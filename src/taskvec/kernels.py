@@ -19,8 +19,6 @@ KEEP_ALL, KEEP_MAGNITUDE, KEEP_RANDOM, KEEP_NONE = 0, 1, 2, 3
 # What happens to the survivors: nothing, times a factor (TIES' L1 rescale), divided by the density (DARE)
 RESCALE_NONE, RESCALE_MUL, RESCALE_DIV = 0, 1, 2
 CONSENSUS_NONE, CONSENSUS_SUM = 0, 1
-HI_BINS = 1 << 15  # top 16 bits of a non-negative float32
-LO_BINS = 1 << 16
 
 
 def load(a, j):
