@@ -22,6 +22,7 @@ import torch
 from . import kernels as K
 from .blocks import block_numel, block_start, row_blocks
 from .engine import BufferPool
+from .finite import check_finite
 from .global_trim import HI_BINS, LO_BINS, bin_of_rank, magnitude_of
 from .inputs import ModelInput
 from .methods import get_method, weight_total
@@ -75,7 +76,7 @@ class FusedMerger:
         block = block_numel(plan.shape, row_blocks(plan.shape, "entry")[0])
         return numel * plan.out_dtype.itemsize + block * (4 * (len(self.inputs) + 1) + 8 * len(self.inputs))
 
-    def merge(self, plan, model_params: list[dict], params: dict, check_finite) -> torch.Tensor:
+    def merge(self, plan, model_params: list[dict], params: dict) -> torch.Tensor:
         name = plan.name
         blocks = row_blocks(plan.shape, "entry")
         numel = math.prod(plan.shape)

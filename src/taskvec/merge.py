@@ -17,6 +17,7 @@ from .blocks import abs_flat, block_numel, block_start, row_blocks
 from .dtypes import dtype_name, parse_dtype
 from .engine import DEFAULT_MEMORY_BUDGET, BufferPool, Job, RunStats, default_workers, execute
 from .errors import TaskvecError
+from .finite import check_finite
 from .fingerprint import Fingerprinter, new_digest, update
 from .fused import FusedMerger
 from .global_trim import global_scope, set_global_thresholds
@@ -134,7 +135,7 @@ def merge_inputs(
         model_params, params = resolved[plan.name]
         if fused is not None and fused.covers(plan, params):
             return Job(plan.name, plan.shape, plan.out_dtype, plan.read_bytes,
-                       lambda: fused.merge(plan, model_params, params, check_finite), fused.memory(plan),
+                       lambda: fused.merge(plan, model_params, params), fused.memory(plan),
                        fused.outputs.give)
         return Job(plan.name, plan.shape, plan.out_dtype, plan.read_bytes,
                    lambda: merger.merge(plan, model_params, params), merger.memory(plan))
@@ -289,21 +290,6 @@ class TensorMerger:
         flat = abs_flat(self.base.info(name).shape, blocks,
                         lambda rows: inp.delta(name, base_rows(rows), self.cd, self.device, rows), self.cd, self.device)
         return {**model_params, **self.method.statistic(flat, model_params, params)}
-
-
-def check_finite(name: str, tensor: torch.Tensor, inputs: list[Input]) -> torch.Tensor:
-    """One cheap reduction proves a tensor finite; only if it is not are the entries checked one by one."""
-    if not tensor.is_floating_point():
-        return tensor
-    total = tensor.sum(dtype=torch.float64 if tensor.dtype == torch.float64 else torch.float32)
-    if bool(torch.isfinite(total)) or bool(torch.isfinite(tensor).all()):
-        return tensor
-    bad = int((~torch.isfinite(tensor)).sum())
-    raise TaskvecError(
-        f"tensor {name!r}: the merged result has {bad} non-finite value(s) (inf or nan), from non-finite inputs "
-        f"or an overflow in the output dtype {dtype_name(tensor.dtype)}; check the inputs "
-        f"({', '.join(i.label for i in inputs)}), the weights, or use out_dtype float32 or bfloat16"
-    )
 
 
 def _device(name: str) -> torch.device:
