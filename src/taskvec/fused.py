@@ -15,7 +15,6 @@ import math
 import os
 import threading
 
-import numba
 import numpy as np
 import torch
 
@@ -118,10 +117,8 @@ class FusedMerger:
         buffers this thread reuses: fresh memory for every read would cost the kernel a page fault per 4 KB."""
         base = self._array(self.base, 0, name, rows) if self._with_base else None
         xs = [self._array(inp.checkpoint, k + 1, name, rows) for k, inp in enumerate(self.inputs)]
-        if len({x.dtype for x in xs}) > 1:  # one array type for all models: float32
+        if len({x.dtype for x in xs}) > 1:  # one array type for the kernels' tuple of models: float32
             xs = [_as_float32(x) for x in xs]
-        if len({numba.typeof(x) for x in xs}) > 1:  # one numba type for the tuple: aligned, writable copies
-            xs = [np.array(x) for x in xs]
         return base, tuple(xs)
 
     def _each_block(self, name, blocks):
