@@ -8,10 +8,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taskvec import kernels
-from taskvec.blocks import BLOCK_ELEMENTS, row_blocks
+from taskvec.engine import kernels
+from taskvec.engine.blocks import BLOCK_ELEMENTS, row_blocks
 from taskvec.errors import TaskvecError
-from taskvec.fused import FusedMerger
+from taskvec.engine.fused import FusedMerger
 from taskvec.inputs import ModelInput
 from taskvec.io.checkpoint import open_checkpoint
 from taskvec.merge import MergeOptions, merge_recipe
@@ -184,7 +184,7 @@ def test_random_draws_are_uniform_and_independent_of_blocks():
 
 
 def test_dare_does_not_depend_on_the_block_size(tmp_path, monkeypatch):
-    import taskvec.blocks as blocks
+    import taskvec.engine.blocks as blocks
     root = quantised_models(tmp_path, (torch.bfloat16,) * 4)
     params = [{"weight": 1.0, "density": 0.4}] * 3
     (ref, fused), _ = merge_both(root, "dare_ties", params, {}, "bfloat16", monkeypatch)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 import taskvec
-import taskvec.blocks
+import taskvec.engine.blocks
 from taskvec.inspect import stats
 
 RELU = EXAMPLES / "relu"
@@ -200,8 +200,8 @@ def assert_same_numbers(x, y, rel=1e-12):
 def test_blocks_give_the_numbers_of_whole_tensors_and_of_a_reference(tmp_path, monkeypatch):
     base, *fts = quantised_models(tmp_path)
     whole = taskvec.inspect_vectors(fts, base, density=0.3)
-    monkeypatch.setattr(taskvec.blocks, "BLOCK_ELEMENTS", 100)  # 6 rows of 16: 11 blocks per 64-row tensor
-    assert len(taskvec.blocks.row_blocks((64, 16), "entry")) == 11
+    monkeypatch.setattr(taskvec.engine.blocks, "BLOCK_ELEMENTS", 100)  # 6 rows of 16: 11 blocks per 64-row tensor
+    assert len(taskvec.engine.blocks.row_blocks((64, 16), "entry")) == 11
     blocked = taskvec.inspect_vectors(fts, base, density=0.3)
     assert_same_numbers(comparable(whole), comparable(blocked))
     ref = reference([base, *fts], density=0.3)

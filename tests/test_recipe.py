@@ -6,7 +6,7 @@ from conftest import read_model, toy_tensors, write_model
 
 from taskvec import MergeOptions, TaskvecError, merge_recipe, parse_recipe
 from taskvec.io import safetensors_file
-from taskvec.settings import count_layers, evaluate, layer_index, position
+from taskvec.parameters import count_layers, evaluate, layer_index, position
 
 
 @pytest.fixture

@@ -13,22 +13,22 @@ from typing import Any
 
 import torch
 
-from .blocks import abs_flat, block_numel, block_start, row_blocks
+from .engine.blocks import abs_flat, block_numel, block_start, row_blocks
 from .dtypes import dtype_name, parse_dtype
-from .engine import DEFAULT_MEMORY_BUDGET, BufferPool, Job, RunStats, default_workers, execute
+from .engine.scheduler import DEFAULT_MEMORY_BUDGET, BufferPool, Job, RunStats, default_workers, execute
 from .errors import TaskvecError
-from .finite import check_finite
+from .engine.finite import check_finite
 from .fingerprint import Fingerprinter, new_digest, update
-from .fused import FusedMerger
+from .engine.fused import FusedMerger
 from .global_trim import global_scope, set_global_thresholds
 from .inputs import Input, ModelInput, StoredVectorInput, is_task_vector, open_input
 from .io.checkpoint import Checkpoint, open_checkpoint
 from .io.model_folder import copy_aux_files, model_card
 from .io.writer import ShardedWriter, prepare_target
 from .methods import REQUIRED, MergeMethod
-from .plan import TensorPlan, plan_tensors
+from .engine.plan import TensorPlan, plan_tensors
 from .recipe import Recipe, input_specs, load_recipe, validate_recipe
-from .settings import count_layers, evaluate, position
+from .parameters import count_layers, evaluate, position
 
 
 @dataclass

@@ -16,14 +16,15 @@ import torch
 
 from . import __version__
 from .dtypes import dtype_name, parse_dtype
-from .engine import Job, execute
+from .engine.scheduler import Job, execute
 from .errors import TaskvecError
 from .fingerprint import Fingerprinter
 from .inputs import FORMAT, MANIFEST, DifferenceInput, Input, ModelInput, StoredVectorInput, is_task_vector
 from .io.checkpoint import open_checkpoint
 from .io.model_folder import model_card
 from .io.writer import ShardedWriter, prepare_target
-from .merge import MergeOptions, MergeResult, check_finite, merge_inputs
+from .engine.finite import check_finite
+from .merge import MergeOptions, MergeResult, merge_inputs
 from .methods import get_method
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..blocks import abs_flat, row_blocks
+from ..engine.blocks import abs_flat, row_blocks
 from ..dtypes import dtype_name
 from ..errors import TaskvecError
 from ..global_trim import exact_ascending_ranks, top_k_rank
@@ -23,7 +23,7 @@ from ..inputs import Input, ModelInput, open_input
 from ..io.checkpoint import Checkpoint, open_checkpoint
 from ..methods.sparsify import magnitude_mask, top_k_selection
 from ..progress import Reporter
-from ..settings import layer_index, module_type
+from ..parameters import layer_index, module_type
 from . import stats
 from .report import InspectReport
 

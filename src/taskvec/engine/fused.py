@@ -20,12 +20,12 @@ import torch
 
 from . import kernels as K
 from .blocks import block_numel, block_start, row_blocks
-from .engine import BufferPool
+from .scheduler import BufferPool
 from .finite import check_finite
-from .global_trim import HI_BINS, LO_BINS, bin_of_rank, magnitude_of
-from .inputs import ModelInput
-from .methods import get_method, weight_total
-from .methods.sparsify import keep_count, keep_limit
+from ..global_trim import HI_BINS, LO_BINS, bin_of_rank, magnitude_of
+from ..inputs import ModelInput
+from ..methods import get_method, weight_total
+from ..methods.sparsify import keep_count, keep_limit
 
 # method -> (sparsifier, consensus) for the task-vector family; linear and task_arithmetic have kernels of their own
 FAMILY = {

@@ -2,9 +2,9 @@
 
 import torch
 
-from .dtypes import dtype_name
-from .errors import TaskvecError
-from .inputs import Input
+from ..dtypes import dtype_name
+from ..errors import TaskvecError
+from ..inputs import Input
 
 
 def check_finite(name: str, tensor: torch.Tensor, inputs: list[Input]) -> torch.Tensor:

@@ -20,8 +20,8 @@ from typing import Callable
 
 import torch
 
-from .io.writer import ShardedWriter
-from .progress import Reporter
+from ..io.writer import ShardedWriter
+from ..progress import Reporter
 
 
 @dataclass(frozen=True)

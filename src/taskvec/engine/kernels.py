@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from .methods.sparsify import GAMMA, MIX1, MIX2
+from ..methods.sparsify import GAMMA, MIX1, MIX2
 
 # Per-model sparsifiers of the task-vector family (methods/generalized.py)
 KEEP_ALL, KEEP_MAGNITUDE, KEEP_RANDOM, KEEP_NONE = 0, 1, 2, 3

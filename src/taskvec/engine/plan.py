@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import TaskvecError
-from .inputs import Input
-from .io.checkpoint import Checkpoint, TensorInfo
+from ..errors import TaskvecError
+from ..inputs import Input
+from ..io.checkpoint import Checkpoint, TensorInfo
 
 ON_MISSING = ("error", "carry")
 
