@@ -11,12 +11,12 @@ from hypothesis import strategies as st
 from taskvec.engine import kernels
 from taskvec.engine.blocks import BLOCK_ELEMENTS, row_blocks
 from taskvec.errors import TaskvecError
-from taskvec.engine.fused import FusedMerger
+from taskvec.engine.fused import FusedMerger, KernelMagnitudes
 from taskvec.inputs import ModelInput
 from taskvec.io.checkpoint import open_checkpoint
 from taskvec.merge import MergeOptions, merge_recipe
 from taskvec.methods import get_method
-from taskvec.methods.sparsify import top_k_selection
+from taskvec.selection import TorchMagnitudes, top_k
 from taskvec.recipe import Recipe
 
 from conftest import read_model, write_model
@@ -30,11 +30,11 @@ CASES = [
     ("ties", [{"weight": 1.0, "density": 0.5}] * 3, {}),
     ("ties", [{"weight": 0.7, "density": 0.2}, {"weight": -0.4, "density": 0.9}, {"weight": 1.0, "density": 1.0}],
      {"normalize": False, "lambda": 1.3}),
-    ("ties", [{"weight": 1.0, "density": 0.3}, {"weight": 1.0, "density": 0.0}, {"weight": 2.0, "density": 0.6}],
+    ("ties", [{"weight": 1.0, "density": 0.3}, {"weight": 1.0, "density": 0.001}, {"weight": 2.0, "density": 0.6}],
      {}),
     ("ties", [{"weight": 1.0, "density": 0.3}] * 3, {"trim_scope": "global"}),
     ("dare_ties", [{"weight": 1.0, "density": 0.5}] * 3, {}),
-    ("dare_ties", [{"weight": 1.0, "density": 0.5}, {"weight": 0.5, "density": 0.0}, {"weight": 1.0, "density": 1.0}],
+    ("dare_ties", [{"weight": 1.0, "density": 0.5}, {"weight": 0.5, "density": 0.01}, {"weight": 1.0, "density": 1.0}],
      {"normalize": True}),
     ("dare_linear", [{"weight": 1.0, "density": 0.3}] * 3, {"rescale": False}),
     ("dare_linear", [{"weight": 0.2, "density": 0.3}] * 3, {"normalize": True, "lambda": 2.0}),
@@ -101,11 +101,15 @@ def test_thresholds_tie_inside_the_block(tmp_path, monkeypatch):
     merger = FusedMerger(get_method("ties"), open_checkpoint(root / "base"),
                          [ModelInput(open_checkpoint(root / f"ft{i}")) for i in range(3)])
     name, shape = "big.weight", (ROWS, 128)
-    found = merger._top_k(name, row_blocks(shape, "entry"), math.prod(shape), [0, 1, 2], [0.3, 0.05, 0.7])
+    densities = [0.3, 0.05, 0.7]
+    source = KernelMagnitudes(merger, name, row_blocks(shape, "entry"), [0, 1, 2])
+    found = top_k(source, math.prod(shape), densities, exact_zeros=False)
     base = merger.base.read(name)
-    for (threshold, cut), inp, density in zip(found, merger.inputs, [0.3, 0.05, 0.7]):
+    for selection, inp, density in zip(found, merger.inputs, densities):
+        threshold, cut = selection.threshold, selection.cut
         magnitudes = (inp.checkpoint.read(name) - base).abs().reshape(-1)
-        expected_threshold, expected_cut = top_k_selection(magnitudes, density, exact_zeros=False)
+        expected = top_k(TorchMagnitudes.of(magnitudes), magnitudes.numel(), [density], exact_zeros=False)[0]
+        expected_threshold, expected_cut = expected.threshold, expected.cut
         assert threshold == expected_threshold and threshold > 0
         kept = (magnitudes > threshold) | ((magnitudes == threshold) & (torch.arange(magnitudes.numel()) <= cut))
         expected = (magnitudes > threshold) | (

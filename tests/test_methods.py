@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taskvec import MergeOptions, merge_recipe, parse_recipe
-from taskvec.global_trim import exact_ascending_ranks
-from taskvec.methods import get_method
+from taskvec.methods import ModelArgs, get_method
 from taskvec.methods.sparsify import magnitude_mask, outlier_mask, rank_keep_probabilities
+from taskvec.selection import TorchMagnitudes, ranked
 
 T = torch.tensor
 
@@ -23,9 +23,9 @@ def call(name, base, tensors, model_params, **params):
     full.update(params)
     mps = []
     for i, mp in enumerate(model_params):
-        m = {p.name: p.default for p in method.model_params}
-        m.update({"_seed": 1000 + i, **mp})
-        mps.append(m)
+        values = {p.name: p.default for p in method.model_params}
+        values.update({k: v for k, v in mp.items() if k != "seed"})
+        mps.append(ModelArgs(values, seed=mp.get("seed", 1000 + i)))
     out = method.fn(base, [t.clone() for t in tensors], mps, full)
     return base + out if method.inputs == "deltas" else out
 
@@ -91,7 +91,7 @@ def test_dare_preserves_the_expected_value(values, density, seed):
     n = 20_000
     tau = T(values)
     drawn = call("dare_linear", torch.zeros(len(values) * n), [tau.repeat(n)],
-                 [{"weight": 1.0, "density": density, "_seed": seed}]).reshape(n, -1)
+                 [{"weight": 1.0, "density": density, "seed": seed}]).reshape(n, -1)
     sd = tau.abs() * math.sqrt((1 - density) / (density * n))
     assert ((drawn.mean(dim=0) - tau).abs() <= 6 * sd + 1e-6).all()
 
@@ -160,7 +160,7 @@ def test_reordering_models_with_the_same_parameters_changes_nothing(name, seed, 
     base = torch.randn(6, 5, generator=g)
     models = [base + torch.randn(6, 5, generator=g) for _ in range(3)]
     weights = [0.5, 0.3, 0.8]
-    mps = [{"weight": w, "density": 0.6, "_seed": 77 + i} for i, w in enumerate(weights)]
+    mps = [{"weight": w, "density": 0.6, "seed": 77 + i} for i, w in enumerate(weights)]
     method = get_method(name)
     xs = [m - base for m in models] if method.inputs == "deltas" else models
     ref = call(name, base, xs, mps)
@@ -176,9 +176,12 @@ def test_global_ranks_are_exact(chunks, data):
     everything = torch.cat(tensors).abs().sort().values
     n = everything.numel()
     ranks = data.draw(st.lists(st.integers(1, n), min_size=1, max_size=3))
-    found = exact_ascending_ranks(range(len(tensors)), lambda i: [tensors[i], -2 * tensors[i]], [ranks, ranks])
-    assert found[0] == [float(everything[r - 1]) for r in ranks]
-    assert found[1] == [float(2 * everything[r - 1]) for r in ranks]
+    found = ranked(TorchMagnitudes(range(len(tensors)), lambda i: [tensors[i], -2 * tensors[i]]), [ranks, ranks])
+    assert [r.value for r in found[0]] == [float(everything[r - 1]) for r in ranks]
+    assert [r.value for r in found[1]] == [float(2 * everything[r - 1]) for r in ranks]
+    for r, at in zip(ranks, found[0]):  # how many entries lie below the value, and how many equal it
+        value = everything[r - 1]
+        assert at.below == int((everything < value).sum()) and at.equal == int((everything == value).sum())
 
 
 def _recipe(tmp_path, method, models, params=None, model_params=None):
@@ -269,7 +272,7 @@ def test_merging_in_blocks_of_rows_equals_merging_whole_tensors(tmp_path, monkey
     if method == "della_linear":
         mp["epsilon"] = 0.1
     recipe = _recipe(tmp_path, method, ["x", "y"], {"weight": 0.5} if method == "linear" else {}, mp)
-    monkeypatch.setattr("taskvec.blocks.BLOCK_ELEMENTS", 50)  # blocks of 4 rows
+    monkeypatch.setattr("taskvec.engine.blocks.BLOCK_ELEMENTS", 50)  # blocks of 4 rows
     merge_recipe(recipe, tmp_path / "blocks", MergeOptions(progress=False))
     monkeypatch.setitem(_REGISTRY, method, dataclasses.replace(_REGISTRY[method], granularity="tensor"))
     merge_recipe(recipe, tmp_path / "whole", MergeOptions(progress=False))
@@ -279,12 +282,13 @@ def test_merging_in_blocks_of_rows_equals_merging_whole_tensors(tmp_path, monkey
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(-3, 3), min_size=1, max_size=300), st.floats(0.0, 1.0), st.floats(0.0, 0.3),
+@given(st.lists(st.integers(-3, 3), min_size=1, max_size=300), st.floats(0.001, 1.0), st.floats(0.0, 0.3),
        st.integers(1, 7))
 def test_selections_keep_exactly_the_stable_sort_ranks_even_with_ties(values, density, gamma, blocks):
     """Quantised task vectors (bfloat16 fine-tunes) tie a lot: the masks keep exactly the intended count, ties going
     to the earliest entries -- the same set as a stable sort -- also when the tensor is cut in blocks."""
-    from taskvec.methods.sparsify import band_selection, keep_count, magnitude_mask, outlier_mask, top_k_selection
+    from taskvec.methods.sparsify import magnitude_mask, outlier_mask
+    from taskvec.selection import band, keep_count, top_k
 
     x = T(values, dtype=torch.float32) * 0.25
     n = x.numel()
@@ -300,7 +304,8 @@ def test_selections_keep_exactly_the_stable_sort_ranks_even_with_ties(values, de
 
     assert torch.equal(magnitude_mask(x, density), want_top)
     assert torch.equal(outlier_mask(x, density, gamma), want_band)
-    top_sel, band_sel = top_k_selection(mag, density), band_selection(mag, density, gamma)
+    source = TorchMagnitudes.of(mag)
+    top_sel, band_sel = top_k(source, n, [density])[0], band(source, n, [density], [gamma])[0]
     cuts = sorted({0, n} | {n * i // blocks for i in range(1, blocks)})
     got_top = torch.cat([magnitude_mask(x[a:b], density, top_sel, a) for a, b in zip(cuts, cuts[1:])])
     got_band = torch.cat([outlier_mask(x[a:b], density, gamma, band_sel, a) for a, b in zip(cuts, cuts[1:])])
@@ -309,10 +314,8 @@ def test_selections_keep_exactly_the_stable_sort_ranks_even_with_ties(values, de
 
 @settings(max_examples=30, deadline=None)
 @given(st.integers(70_000, 200_000), st.integers(0, 2**31), st.sampled_from([3, 1000, 10**9]), st.data())
-def test_fast_selection_is_exact(n, seed, levels, data):
-    from taskvec.methods.sparsify import kth_smallest
-
+def test_selection_by_histograms_is_exact(n, seed, levels, data):
     g = torch.Generator().manual_seed(seed)
     x = (torch.rand(n, generator=g) * levels).floor()  # 3 levels: huge ties; 1e9: all distinct
     r = data.draw(st.integers(1, n))
-    assert kth_smallest(x, r) == float(torch.kthvalue(x, r).values)
+    assert ranked(TorchMagnitudes.of(x), [[r]])[0][0].value == float(torch.kthvalue(x, r).values)

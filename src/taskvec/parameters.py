@@ -1,4 +1,4 @@
-"""Per-tensor parameter values, as mergekit recipes write them.
+"""Per-tensor parameter values, as mergekit recipes write them: evaluated for one tensor from its name and layer.
 
 A setting is a scalar; a *gradient* -- a list of numbers interpolated linearly over the layers, from the first
 layer (position 0) to the last (position 1); or a list of ``{filter, value}`` conditions where the first whose
@@ -7,8 +7,11 @@ layer (position 0) to the last (position 1); or a list of ``{filter, value}`` co
 the weights after the last layer at 1).
 """
 
+import math
 import re
 from typing import Any
+
+from .errors import TaskvecError
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
 
@@ -36,10 +39,13 @@ def count_layers(names: list[str], config: dict | None) -> int:
 
 
 def position(name: str, num_layers: int) -> float:
-    """Where a tensor sits for gradients: 0 at the first layer, 1 at the last; 0 outside the layers."""
+    """Where a tensor sits for gradients: 0 at the first layer, 1 at the last; 0 outside the layers. A layer beyond
+    `num_layers` gets a position above 1, which ``evaluate`` refuses for gradients."""
     idx = layer_index(name)
     if idx is None:
         return 0.0
+    if idx >= num_layers:
+        return math.inf
     return idx / (num_layers - 1) if num_layers > 1 else 1.0
 
 
@@ -49,6 +55,12 @@ def evaluate(setting: Any, tensor_name: str, t: float) -> Any:
         return setting
     if isinstance(setting, dict):  # a single {filter, value} condition
         setting = [setting]
+    if all(isinstance(x, (bool, int, float, str)) for x in setting) and not 0 <= t <= 1:
+        raise TaskvecError(
+            f"tensor {tensor_name!r}: its layer {layer_index(tensor_name)} lies beyond the layer count the model's "
+            "config.json declares, so a layer gradient cannot place it; fix num_hidden_layers in config.json, or "
+            "give this parameter as a value or {filter, value} conditions"
+        )
     if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in setting):
         scaled = t * (len(setting) - 1)
         i0 = int(scaled)

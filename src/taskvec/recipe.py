@@ -121,14 +121,29 @@ def validate_recipe(recipe: Recipe, source: str = "recipe") -> MergeMethod:
     return method
 
 
-def input_specs(recipe: Recipe, method: MergeMethod) -> list[ModelSpec]:
+def input_specs(recipe: Recipe, method: MergeMethod, search: tuple[Path, ...] = ()) -> list[ModelSpec]:
     """The models merged into the base. For methods that ignore the base (`linear`), the base is one more weighted
-    model, listed or not, as in mergekit: it takes its weight from its entry or the top-level parameters."""
+    model, listed or not, as in mergekit: it takes its weight from its entry or the top-level parameters. A model
+    entry is the base when it names the same file or folder, however spelled (``./base``, ``base/``, an absolute
+    path)."""
+    def is_base(ref: str) -> bool:
+        return recipe.base_model is not None and same_location(ref, recipe.base_model, search)
+
     if method.base == "weighted":
-        listed = [m.model for m in recipe.models]
-        extra = [ModelSpec(model=recipe.base_model)] if recipe.base_model and recipe.base_model not in listed else []
+        listed = any(is_base(m.model) for m in recipe.models)
+        extra = [ModelSpec(model=recipe.base_model)] if recipe.base_model and not listed else []
         return list(recipe.models) + extra
-    return [m for m in recipe.models if m.model != recipe.base_model]
+    return [m for m in recipe.models if not is_base(m.model)]
+
+
+def same_location(a: str, b: str, search: tuple[Path, ...] = ()) -> bool:
+    """Whether two references name the same file or folder (looked up as a recipe's paths are: from the current
+    folder, then the recipe's), else the same model id."""
+    def where(ref: str) -> Path | None:
+        return next((p.resolve() for p in [Path(ref).expanduser()] + [d / ref for d in search] if p.exists()), None)
+
+    pa, pb = where(a), where(b)
+    return pa == pb if pa is not None and pb is not None else a.rstrip("/") == b.rstrip("/")
 
 
 def _names(method: MergeMethod) -> str:

@@ -5,9 +5,6 @@ budget. No result depends on them: random masks are keyed by an entry's flat ind
 """
 
 import math
-from collections.abc import Callable
-
-import torch
 
 # 1 MB of float32 per temporary: a block's handful of temporaries stay in a core's L2 cache. On the 1.1B benchmark
 # (2 cores) task arithmetic took 10.1 s with 2M-entry blocks, 7.6 s with 512K and 6.5 s with 256K.
@@ -32,17 +29,3 @@ def block_numel(shape: tuple[int, ...], rows: tuple[int, int] | None) -> int:
 def block_start(shape: tuple[int, ...], rows: tuple[int, int] | None) -> int:
     """Flat index, in its tensor, of a block's first entry."""
     return 0 if rows is None else rows[0] * math.prod(shape[1:])
-
-
-def abs_flat(shape: tuple[int, ...], blocks: list, read: Callable, dtype: torch.dtype, device) -> torch.Tensor:
-    """|x| of a whole tensor as one flat buffer, filled block by block (``read(rows)`` gives a block): a per-tensor
-    statistic needs the whole tensor, but never the blocks and their concatenation at once."""
-    if blocks == [None]:
-        return read(None).to(dtype).abs_().reshape(-1)
-    flat = torch.empty(math.prod(shape), dtype=dtype, device=device)
-    at = 0
-    for rows in blocks:
-        block = read(rows).reshape(-1)
-        torch.abs(block, out=flat[at:at + block.numel()])
-        at += block.numel()
-    return flat

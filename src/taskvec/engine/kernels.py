@@ -12,13 +12,15 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
+from ..methods import NEAR_ZERO as NEAR_ZERO_DIVISOR
 from ..methods.sparsify import GAMMA, MIX1, MIX2
 
 # Per-model sparsifiers of the task-vector family (methods/generalized.py)
-KEEP_ALL, KEEP_MAGNITUDE, KEEP_RANDOM, KEEP_NONE = 0, 1, 2, 3
-# What happens to the survivors: nothing, times a factor (TIES' L1 rescale), divided by the density (DARE)
-RESCALE_NONE, RESCALE_MUL, RESCALE_DIV = 0, 1, 2
+KEEP_ALL, KEEP_MAGNITUDE, KEEP_RANDOM = 0, 1, 2
+# What happens to the survivors: nothing, or divided by the density (DARE)
+RESCALE_NONE, RESCALE_DIV = 0, 2
 CONSENSUS_NONE, CONSENSUS_SUM = 0, 1
+NEAR_ZERO = np.float32(NEAR_ZERO_DIVISOR)  # methods.NEAR_ZERO: a smaller divisor is taken as 1
 
 
 def load(a, j):
@@ -137,16 +139,10 @@ def sparse_consensus(base, xs, kinds, thresholds, cuts, offset, seeds, random_th
                 seed, limit, start = seeds[i], random_thresholds[i], offset + c0
                 for j in range(c):
                     row[j] = (load(x, j) - load(base_c, j)) * np.float32(keyed_draw(seed, start + j) < limit)
-            elif kind == KEEP_NONE:
-                for j in range(c):
-                    row[j] = (load(x, j) - load(base_c, j)) * zero
             else:
                 for j in range(c):
                     row[j] = load(x, j) - load(base_c, j)
-            if rescales[i] == RESCALE_MUL:
-                for j in range(c):
-                    row[j] = row[j] * factors[i]
-            elif rescales[i] == RESCALE_DIV:
+            if rescales[i] == RESCALE_DIV:
                 for j in range(c):
                     row[j] = row[j] / factors[i]
             w = weights[i]
@@ -183,7 +179,7 @@ def sparse_consensus(base, xs, kinds, thresholds, cuts, offset, seeds, random_th
                     merged[j] = merged[j] + x * agree
                     count[j] = count[j] + w * agree
             for j in range(c):
-                value = merged[j] / (count[j] if count[j] != 0 else one)
+                value = merged[j] / (count[j] if abs(count[j]) >= NEAR_ZERO else one)
                 store(out_c, j, value * lam + load(base_c, j))
         else:
             for j in range(c):
@@ -229,28 +225,29 @@ def count_zeros(base, xs, models, zeros):
 
 
 @njit(nogil=True, cache=True)
-def magnitude_histograms(base, xs, hist, zeros):
-    """Count |x_i - base| by the top 16 bits of its float32 pattern (non-negative floats sort like their bits),
-    and count exact zeros: the first step of an exact top-k selection without a sort."""
+def magnitude_histograms(base, xs, hist):
+    """Count |x_i - base| by the top 16 bits of its float32 pattern (non-negative floats sort like their bits): the
+    first pass of selection.ranked."""
     for i in range(len(xs)):
         x = xs[i]
         for j in range(base.size):
-            bits = _magnitude_bits(load(x, j) - load(base, j))
-            hist[i, bits >> np.uint32(16)] += 1
-            zeros[i] += bits == 0
+            hist[i, _magnitude_bits(load(x, j) - load(base, j)) >> np.uint32(16)] += 1
 
 
 @njit(nogil=True, cache=True)
 def magnitude_low_histograms(base, xs, bins, hist):
-    """Within the top-bits bin `bins[i]` (-1: skip model i), count magnitudes by their low 16 bits."""
+    """Within each top-bits bin bins[i, q] (-1: none), count model i's magnitudes by their low 16 bits: the second
+    pass of selection.ranked."""
     for i in range(len(xs)):
-        if bins[i] < 0:
-            continue
-        x, wanted = xs[i], np.uint32(bins[i])
-        for j in range(base.size):
-            bits = _magnitude_bits(load(x, j) - load(base, j))
-            if bits >> np.uint32(16) == wanted:
-                hist[i, bits & np.uint32(0xFFFF)] += 1
+        x = xs[i]
+        for q in range(bins.shape[1]):
+            if bins[i, q] < 0:
+                continue
+            wanted = np.uint32(bins[i, q])
+            for j in range(base.size):
+                bits = _magnitude_bits(load(x, j) - load(base, j))
+                if bits >> np.uint32(16) == wanted:
+                    hist[i, q, bits & np.uint32(0xFFFF)] += 1
 
 
 @njit(nogil=True, cache=True)

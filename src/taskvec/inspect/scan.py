@@ -2,7 +2,7 @@
 
 Three passes over the inputs, none holding more than a block of each vector (plus, for TIES' per-tensor trim, one
 tensor's magnitudes at a time, as the merge does): two count magnitudes for the exact global top-k% thresholds
-(``global_trim.exact_ascending_ranks``), the third computes every sum (``stats.Totals``).
+(``selection.ranked``), the third computes every sum (``stats.Totals``).
 """
 
 import math
@@ -15,14 +15,14 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..engine.blocks import abs_flat, row_blocks
+from ..engine.blocks import block_numel, block_start, row_blocks
 from ..dtypes import dtype_name
 from ..errors import TaskvecError
-from ..global_trim import exact_ascending_ranks, top_k_rank
 from ..inputs import Input, ModelInput, open_input
 from ..io.checkpoint import Checkpoint, open_checkpoint
-from ..methods.sparsify import magnitude_mask, top_k_selection
+from ..methods.sparsify import magnitude_mask
 from ..progress import Reporter
+from ..selection import TorchMagnitudes, ranked, top_k, top_k_rank
 from ..parameters import layer_index, module_type
 from . import stats
 from .report import InspectReport
@@ -160,13 +160,9 @@ class Scan:
             return torch.empty(shape, device="meta")
         return self.base.read(t.name, rows).to(F32)
 
-    def read(self, t: TensorSpec, rows, only: int | None = None) -> list[torch.Tensor]:
+    def read(self, t: TensorSpec, rows) -> list[torch.Tensor]:
         b = self._base_rows(t, rows)
-        chosen = self.inputs if only is None else [self.inputs[only]]
-        return [inp.delta(t.name, b, F32, CPU, rows) for inp in chosen]
-
-    def read_one(self, t: TensorSpec, i: int, rows) -> torch.Tensor:
-        return self.read(t, rows, only=i)[0]
+        return [inp.delta(t.name, b, F32, CPU, rows) for inp in self.inputs]
 
     def _read_counted(self, unit) -> list[torch.Tensor]:
         t, rows = unit
@@ -178,8 +174,8 @@ class Scan:
         """Per input, k -> the exact magnitude at the top-k% rank of the whole vector (two counting passes)."""
         total = sum(t.numel for t in self.tensors)
         ranks = [top_k_rank(total, k / 100) for k in top_k]  # never None: total > 0 and keep_count keeps >= 1
-        values = exact_ascending_ranks(self.units, self._read_counted, [ranks] * len(self.inputs))
-        return [dict(zip(top_k, found)) for found in values]
+        found = ranked(TorchMagnitudes(self.units, self._read_counted), [ranks] * len(self.inputs))
+        return [dict(zip(top_k, (r.value for r in row))) for row in found]
 
     def sums(self, thresholds: list[dict]) -> stats.Totals:
         totals = stats.Totals(len(self.inputs))
@@ -192,19 +188,20 @@ class Scan:
 
     def _tensor(self, t: TensorSpec, thresholds, totals: stats.Totals) -> None:
         blocks = row_blocks(t.shape, "entry")
-        selections = [None] * len(self.inputs)
+        densities = [self.density] * len(self.inputs)
+        selections = None
         if blocks != [None]:  # TIES trims per tensor: find each vector's selection over the whole tensor first
-            selections = [top_k_selection(abs_flat(t.shape, blocks, partial(self.read_one, t, i), F32, CPU),
-                                          self.density, exact_zeros=False) for i in range(len(self.inputs))]
+            source = TorchMagnitudes(blocks, partial(self.read, t))
+            selections = top_k(source, t.numel, densities, exact_zeros=False)
         for rows in blocks:
             deltas = self._read_counted((t, rows))
-            if rows is None:
-                selections = [top_k_selection(d.abs(), self.density, exact_zeros=False) for d in deltas]
-            offset = 0 if rows is None else rows[0] * (t.numel // t.shape[0])  # flat index of the block's start
+            if selections is None:
+                selections = top_k(TorchMagnitudes.of(*deltas), t.numel, densities, exact_zeros=False)
+            offset = block_start(t.shape, rows)
             views = [stats.view(d, self.tolerance, th, magnitude_mask(d, self.density, sel, offset))
                      for d, th, sel in zip(deltas, thresholds, selections)]
             totals.add_block(layer_index(t.name), module_type(t.name), views)
 
 
 def _numel(t: TensorSpec, rows) -> int:
-    return t.numel if rows is None else (rows[1] - rows[0]) * (t.numel // t.shape[0])
+    return block_numel(t.shape, rows)

@@ -1,34 +1,31 @@
 """Model Breadcrumbs (Davari & Belilovsky, 2024): drop both the smallest task-vector entries and the largest
 `gamma` fraction (outliers), keep `density`; `breadcrumbs_ties` adds TIES' sign election."""
 
-from . import Param, register
+from __future__ import annotations
+
+from ..selection import TorchMagnitudes, band
+from . import Param, Range, register
 from .generalized import MODEL_PARAMS, task_vector_method
-from .sparsify import band_selection, l1_rescale, outlier_mask
+from .sparsify import magnitude_prune
 from .ties import TRIM_SCOPE
 
-GAMMA = Param("gamma", float, 0.01, "fraction of the largest entries dropped as outliers")
+GAMMA = Param("gamma", float, 0.01, "fraction of the largest entries dropped as outliers",
+              range=Range(0.0, 1.0, high_open=True))
 
 
-def band(magnitudes, model_params, params):
-    """The tensor's kept band of magnitudes (unless a global one was given) and the L1 rescale factor."""
-    b = model_params.get("_threshold")
-    if b is None:
-        b = band_selection(magnitudes, model_params["density"], model_params["gamma"])
-    out = {"_threshold": b}
-    if params["rescale"]:
-        kept = (magnitudes * outlier_mask(magnitudes, 1.0, 0.0, b)).sum()
-        out["_l1_scale"] = float(magnitudes.sum() / kept) if kept > 0 else 1.0
-    return out
+def own_band(magnitude, model):
+    return band(TorchMagnitudes.of(magnitude), magnitude.numel(), [model["density"]], [model["gamma"]])[0]
 
 
-def crumbs(delta, model_params, params):
-    mask = outlier_mask(delta, model_params["density"], model_params["gamma"], model_params.get("_threshold"),
-                        model_params.get("_offset", 0))
-    kept = delta * mask
-    if not params["rescale"]:
-        return kept
-    scale = model_params.get("_l1_scale")
-    return kept.mul_(scale) if scale is not None else l1_rescale(delta, kept)
+def crumbs(delta, model, params):
+    """Keep the band of magnitudes below the outliers and above the smallest entries."""
+    return magnitude_prune(delta, model, params, own_band)
+
+
+def check(values, params):
+    if values["density"] < 1 and values["density"] + values["gamma"] > 1:
+        return f"density + gamma must be at most 1 (density {values['density']:g}, gamma {values['gamma']:g})"
+    return None
 
 
 PAPER = "Davari & Belilovsky 2024, Model Breadcrumbs (arXiv:2312.06795)"
@@ -38,5 +35,5 @@ for name, consensus, what in (
 ):
     register(task_vector_method(
         name, what, crumbs, consensus=consensus, normalize=False, rescale=False,
-        model_params=MODEL_PARAMS + (GAMMA,), paper=PAPER, extra=(TRIM_SCOPE,), statistic=band,
+        model_params=MODEL_PARAMS + (GAMMA,), paper=PAPER, extra=(TRIM_SCOPE,), selection="band", check=check,
     ))

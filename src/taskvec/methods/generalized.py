@@ -7,21 +7,25 @@ s_i is the sparsifier (with its rescaling), m_i the agreement mask (all ones wit
 entries a task vector leaves at zero count neither in the sum nor in the divisor: TIES' disjoint mean.
 """
 
-from typing import Callable
+from __future__ import annotations
 
-import torch
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-from . import WEIGHT, MergeMethod, Param, weight_total
+from ..lazy import torch
+from . import (ANY, DENSITY, LAMBDA, NEAR_ZERO, WEIGHT, Kernel, MergeMethod, ModelArgs, Param, weight_total,
+               weights_of)
 from .sparsify import elect_positive
 
-Sparsifier = Callable[[torch.Tensor, dict, dict], torch.Tensor]  # (task vector, its model's params, global params)
+# (task vector, its model's args, global params) -> the sparsified (and rescaled) task vector
+Sparsifier = Callable[["torch.Tensor", ModelArgs, Mapping[str, Any]], "torch.Tensor"]
 
 
-def merge_deltas(deltas: list[torch.Tensor], model_params: list[dict], params: dict,
+def merge_deltas(deltas: Sequence[torch.Tensor], models: Sequence[ModelArgs], params: Mapping[str, Any],
                  sparsify: Sparsifier | None, consensus: str | None) -> torch.Tensor:
     """In place on the task vectors it is given (the engine hands over fresh tensors): a few block-sized buffers."""
-    weights = [p["weight"] for p in model_params]
-    weighted = [(sparsify(d, p, params) if sparsify else d).mul_(w) for d, p, w in zip(deltas, model_params, weights)]
+    weights = weights_of(models)
+    weighted = [(sparsify(d, m, params) if sparsify else d).mul_(w) for d, m, w in zip(deltas, models, weights)]
     normalize = params["normalize"]
     if consensus == "sum" and not normalize:
         merged, divisor = _agreeing_sum(weighted), 1.0
@@ -39,8 +43,8 @@ def merge_deltas(deltas: list[torch.Tensor], model_params: list[dict], params: d
             merged.add_(x)
         divisor = weight_total(weights)
     if normalize:
-        if isinstance(divisor, torch.Tensor):
-            divisor[divisor == 0] = 1
+        if isinstance(divisor, torch.Tensor):  # the agreeing weights' sum: the same near-zero rule as weight_total
+            divisor[divisor.abs() < NEAR_ZERO] = 1
         merged /= divisor
     return merged.mul_(params["lambda"])
 
@@ -59,7 +63,7 @@ def _agreeing_sum(weighted: list[torch.Tensor]) -> torch.Tensor:
 
 def common_params(normalize: bool, rescale: bool | None, consensus: bool) -> tuple[Param, ...]:
     params = [
-        Param("lambda", float, 1.0, "scale applied to the merged task vector"),
+        LAMBDA,
         Param("normalize", bool, normalize, "divide by the sum of the weights (of agreeing models, under consensus)"),
     ]
     if rescale is not None:
@@ -70,21 +74,38 @@ def common_params(normalize: bool, rescale: bool | None, consensus: bool) -> tup
     return tuple(params)
 
 
-DENSITY = Param("density", float, 1.0, "fraction of the task vector's entries kept")
 MODEL_PARAMS = (WEIGHT, DENSITY)
+
+
+def negation_advice(values: Mapping[str, Any], params: Mapping[str, Any]) -> str | None:
+    """Under sign election with `normalize`, an entry is divided by the sum of the agreeing weights: a lone
+    negative weight divides its own sign away (weight -1 on tau gives +tau; mergekit does the same)."""
+    if values["weight"] < 0 and params["normalize"]:
+        return ("a negative weight with normalize: the disjoint mean divides by the (negative) weights that agree, "
+                "so the task vector is added, not subtracted; for negation use task_arithmetic")
+    return None
 
 
 def task_vector_method(name: str, description: str, sparsify: Sparsifier | None, consensus: bool, normalize: bool,
                        rescale: bool | None, model_params: tuple[Param, ...], paper: str, random: bool = False,
-                       extra: tuple[Param, ...] = (), granularity: str = "entry", statistic=None) -> MergeMethod:
-    """A method of this family: a sparsifier, with or without sign election, and its parameters."""
+                       extra: tuple[Param, ...] = (), granularity: str = "entry", selection: str | None = None,
+                       kernel: dict | None = None, check=None) -> MergeMethod:
+    """A method of this family: a sparsifier, with or without sign election, and its parameters. `kernel`: the
+    fused kernels' sparsifier and the parameter values they handle beyond the family's common ones."""
 
-    def merge(base, deltas, model_params, params):
-        return merge_deltas(deltas, model_params, params, sparsify, params["consensus_method"] if consensus else None)
+    def merge(base, deltas, models, params):
+        return merge_deltas(deltas, models, params, sparsify, params["consensus_method"] if consensus else None)
 
     merge.__name__ = name
+    fused = None
+    if kernel is not None:
+        handles = {"weight": ANY, "density": ANY, "lambda": ANY, "normalize": ANY, **kernel["handles"]}
+        if consensus:
+            handles["consensus_method"] = lambda v: v == "sum"
+        fused = Kernel("sparse_consensus", merge, handles, sparsifier=kernel["sparsifier"], consensus=consensus)
     return MergeMethod(
         name=name, description=description, inputs="deltas", fn=merge,
         params=common_params(normalize, rescale, consensus) + extra, model_params=model_params, paper=paper,
-        random=random, ignored=("int8_mask",), granularity=granularity, statistic=statistic,
+        random=random, ignored=("int8_mask",), granularity=granularity, selection=selection, kernel=fused,
+        check=check, advice=negation_advice if consensus else None,
     )

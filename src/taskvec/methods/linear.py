@@ -1,10 +1,12 @@
 """Linear: a weighted average of the models' weights ("model soup", Wortsman et al., 2022). Needs no base."""
 
-from . import NORMALIZE_ON, WEIGHT, MergeMethod, register, weight_total, weighted_sum
+from __future__ import annotations
+
+from . import ANY, NORMALIZE_ON, WEIGHT, Kernel, MergeMethod, register, weight_total, weighted_sum, weights_of
 
 
-def linear(base, weights_in, model_params, params):
-    weights = [p["weight"] for p in model_params]
+def linear(base, weights_in, models, params):
+    weights = weights_of(models)
     merged = weighted_sum(weights_in, weights)
     if params["normalize"]:
         merged.div_(weight_total(weights))
@@ -24,5 +26,6 @@ register(
         streaming=True,
         granularity="entry",
         ignored=("int8_mask",),
+        kernel=Kernel("weighted_models", linear, {"weight": ANY, "normalize": ANY}),
     )
 )

@@ -4,12 +4,13 @@ ratio set by how aligned their task vectors are: t = N cos / (1 + (N - 1) cos), 
 Aligned task vectors (cos -> 1) keep the average (t -> 1); orthogonal ones (cos -> 0) fall back to the base.
 """
 
-import torch
+from __future__ import annotations
 
+from ..lazy import torch
 from . import MergeMethod, Param, register
 
 
-def model_stock(base, weights, model_params, params):
+def model_stock(base, weights, models, params):
     shape = base.shape
     if params["filter_wise"]:  # one ratio per output row
         w0 = base.reshape(1, -1) if base.dim() < 2 else base.reshape(base.shape[0], -1)

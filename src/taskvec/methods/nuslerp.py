@@ -1,13 +1,17 @@
 """NuSLERP: SLERP between two models with weights instead of t (t = w_2 / (w_1 + w_2)), row-wise or flattened;
-with a base, it interpolates the two task vectors and adds the result to the base."""
+with a base, it interpolates the two task vectors and adds the result to the base.
 
-import torch
+A vector of (near) zero norm has no direction -- common with a base: a tensor one fine-tune left frozen has a zero
+task vector -- so it is interpolated linearly ((1 - t) * 0 + t * v, not sin(t * pi/2) * v as the spherical formula
+would give; mergekit 0.1.5 does the latter).
+"""
 
+from __future__ import annotations
+
+from ..lazy import torch
 from . import WEIGHT, MergeMethod, Param, register
 
-
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp(min=1e-7)
+NORM_EPS = 1e-7
 
 
 def nuslerp_tensors(t: float, v0: torch.Tensor, v1: torch.Tensor, row_wise: bool, flatten: bool,
@@ -17,8 +21,10 @@ def nuslerp_tensors(t: float, v0: torch.Tensor, v1: torch.Tensor, row_wise: bool
         v0, v1 = v0.reshape(-1), v1.reshape(-1)
     elif row_wise and v0.dim() > 1:
         v0, v1 = v0.transpose(0, -1), v1.transpose(0, -1)
-    cos = (_unit(v0) * _unit(v1)).sum(dim=-1, keepdim=True).clamp(-1, 1)
-    colinear = (1 - cos.square()) <= eps**2
+    n0 = torch.linalg.vector_norm(v0, dim=-1, keepdim=True)
+    n1 = torch.linalg.vector_norm(v1, dim=-1, keepdim=True)
+    cos = ((v0 / n0.clamp(min=NORM_EPS)) * (v1 / n1.clamp(min=NORM_EPS))).sum(dim=-1, keepdim=True).clamp(-1, 1)
+    colinear = ((1 - cos.square()) <= eps**2) | (n0 <= NORM_EPS) | (n1 <= NORM_EPS)
     theta = torch.acos(torch.where(colinear, torch.zeros_like(cos), cos))
     spherical = (torch.sin((1 - t) * theta) * v0 + torch.sin(t * theta) * v1) / torch.sin(theta)
     result = torch.where(colinear, (1 - t) * v0 + t * v1, spherical)
@@ -27,8 +33,8 @@ def nuslerp_tensors(t: float, v0: torch.Tensor, v1: torch.Tensor, row_wise: bool
     return result.reshape(shape)
 
 
-def nuslerp(base, weights, model_params, params):
-    w0, w1 = (p["weight"] for p in model_params)
+def nuslerp(base, weights, models, params):
+    w0, w1 = (m["weight"] for m in models)
     total = w0 + w1
     t = 0.5 if abs(total) < 1e-6 else w1 / total
     v0, v1 = weights

@@ -1,157 +1,62 @@
 """Masks that sparsify a task vector, and the sign election that resolves conflicts between task vectors.
 
-Small pure functions in the spirit of PEFT's merge utilities; the merge methods compose them. Selections never
-sort a whole tensor (``kth_smallest``) and keep exactly the intended count: entries tied at a threshold are taken
-in memory order, as a stable sort would (mergekit's unstable sort leaves that choice to the implementation).
+Small pure functions in the spirit of PEFT's merge utilities; the merge methods compose them. Magnitude selections
+(top k, Breadcrumbs' band) come from ``taskvec.selection``: exact, never a sort, ties in memory order.
 """
 
-import math
+from __future__ import annotations
 
-import torch
+from collections.abc import Callable
+from typing import Any
 
-
-def keep_count(numel: int, density: float) -> int:
-    """How many entries a density keeps: at least one of a non-empty tensor, as in mergekit."""
-    if density >= 1:
-        return numel
-    if density <= 0 or numel == 0:
-        return 0
-    return max(1, int(density * numel))
+from ..lazy import torch
+from ..selection import Band, Selection, TopK, TorchMagnitudes, band, keep_mask, top_k
 
 
-def kth_smallest(values: torch.Tensor, r: int) -> float:
-    """The r-th smallest (1-based) of a flat tensor, exactly, in a few vectorised passes instead of a sort.
-
-    A strided sample brackets the wanted rank with two sample values; counting the entries below and up to each of
-    them either lands the rank on one of the two (common when values tie, as quantised task vectors do) or leaves a
-    small band between them for an exact selection. If the bracket misses (an unlucky sample), a full selection
-    answers: the result is exact either way.
-    """
-    flat = values.reshape(-1)
-    n = flat.numel()
-    if n <= 1 << 16:
-        return float(torch.kthvalue(flat, r).values)
-    sample = flat[:: max(1, n // (1 << 14))].sort().values
-    s = sample.numel()
-    at = (r - 0.5) / n * s
-    margin = 4 * math.sqrt(s) + 8
-    low = float(sample[max(0, int(at - margin))])
-    high = float(sample[min(s - 1, int(at + margin))])
-    below_low, upto_low = int(torch.count_nonzero(flat < low)), int(torch.count_nonzero(flat <= low))
-    if below_low < r <= upto_low:
-        return low
-    below_high, upto_high = int(torch.count_nonzero(flat < high)), int(torch.count_nonzero(flat <= high))
-    if below_high < r <= upto_high:
-        return high
-    if upto_low < r <= below_high:
-        band = flat[(flat > low) & (flat < high)]
-        return float(torch.kthvalue(band, r - upto_low).values)
-    return float(torch.kthvalue(flat, r).values)
-
-
-def _tie_cut(flat: torch.Tensor, value: float, count: int) -> int:
-    """Flat index of the `count`-th entry equal to `value` (in memory order); -1 when count is 0.
-
-    Scans in slices, so a tie class of millions of entries never becomes one giant index tensor."""
-    if count <= 0:
-        return -1
-    step = 1 << 20
-    for start in range(0, flat.numel(), step):
-        tied = flat[start:start + step] == value
-        found = int(torch.count_nonzero(tied))
-        if count <= found:
-            return start + int(tied.nonzero()[count - 1])
-        count -= found
-    raise ValueError("fewer tied entries than counted")
-
-
-def _ties_kept(magnitude: torch.Tensor, value: float, low_cut: int, high_cut: int, offset: int) -> torch.Tensor:
-    """Entries equal to `value` whose flat index (plus `offset`, the block's place in its tensor) is in
-    (low_cut, high_cut]: a contiguous range, so a slice, never an index list."""
-    tied = (magnitude == value).reshape(-1)
-    start = min(max(0, low_cut + 1 - offset), tied.numel())
-    stop = min(max(0, high_cut + 1 - offset), tied.numel())
-    if start == 0 and stop == tied.numel():
-        return tied.reshape(magnitude.shape)
-    keep = torch.zeros_like(tied)
-    if start < stop:
-        keep[start:stop] = tied[start:stop]
-    return keep.reshape(magnitude.shape)
-
-
-def top_k_selection(magnitudes: torch.Tensor, density: float, exact_zeros: bool = True) -> tuple[float, int]:
-    """(threshold, cut) such that the kept entries -- magnitude above the threshold, or equal to it at a flat index
-    up to `cut` -- are exactly the top k = keep_count(n, density): ties at the threshold go to the earliest entries,
-    as a stable sort would. Quantised task vectors (bfloat16 fine-tunes) tie often, so this matters. With
-    `exact_zeros` off, a threshold of zero keeps only the non-zero entries: the same merge, without the tie scan."""
-    flat = magnitudes.reshape(-1)
-    n = flat.numel()
-    k = keep_count(n, density)
-    if k >= n:
-        return -math.inf, n
-    if k == 0:
-        return math.inf, -1
-    threshold = kth_smallest(flat, n - k + 1)
-    if threshold == 0 and not exact_zeros:  # which zero entries are "kept" changes no merge: skip the tie scan
-        return 0.0, -1
-    return threshold, _tie_cut(flat, threshold, k - int(torch.count_nonzero(flat > threshold)))
-
-
-def magnitude_mask(delta: torch.Tensor, density: float, selection: tuple[float, int] | float | None = None,
-                   offset: int = 0) -> torch.Tensor:
-    """Keep the `density` fraction of entries with the largest magnitude (TIES' trim step).
-
-    `selection` -- found beforehand over the whole tensor (`top_k_selection`), of which `delta` may be a block
-    starting at flat index `offset`, or a bare threshold found over the whole task vector -- replaces the selection
-    over `delta` itself.
-    """
+def magnitude_mask(delta: torch.Tensor, density: float, selection: TopK | None = None, offset: int = 0) -> torch.Tensor:
+    """Keep the `density` fraction of entries with the largest magnitude (TIES' trim step). `selection`, found
+    beforehand over the whole tensor (of which `delta` is a block at flat index `offset`) or over the whole task
+    vector, replaces the selection over `delta` itself."""
     magnitude = delta.abs()
     if selection is None:
-        selection = top_k_selection(magnitude, density)
-    if not isinstance(selection, tuple):  # a global threshold: keep everything that clears it
-        return magnitude >= selection
-    threshold, cut = selection
-    return (magnitude > threshold) | _ties_kept(magnitude, threshold, -1, cut, offset)
+        selection = top_k(TorchMagnitudes.of(magnitude), magnitude.numel(), [density])[0]
+    return keep_mask(magnitude, selection, offset)
 
 
-def band_selection(magnitudes: torch.Tensor, density: float, gamma: float) -> tuple[float, float, int, int]:
-    """Model Breadcrumbs' kept band: (low, high, low_cut, high_cut).
-
-    In ascending order of magnitude (ties by position), entries ranked [n_bottom, n_bottom + n_keep) survive, where
-    n_keep = int(density * n) and n_bottom = max(0, n - n_keep - int(gamma * n)): the outlier cut shrinks when it
-    would leave fewer than n_keep entries. Entries equal to `low` survive past flat index `low_cut`, entries equal
-    to `high` up to `high_cut`.
-    """
-    flat = magnitudes.reshape(-1)
-    n = flat.numel()
-    if density >= 1:
-        return -math.inf, math.inf, -1, n
-    n_keep = int(density * n)
-    if n_keep == 0:
-        return math.inf, -math.inf, n, -1
-    n_bottom = max(0, n - n_keep - int(gamma * n))
-    low, high = kth_smallest(flat, n_bottom + 1), kth_smallest(flat, n_bottom + n_keep)
-    low_cut = _tie_cut(flat, low, n_bottom - int(torch.count_nonzero(flat < low)))
-    high_cut = _tie_cut(flat, high, n_bottom + n_keep - int(torch.count_nonzero(flat < high)))
-    return low, high, low_cut, high_cut
-
-
-def outlier_mask(delta: torch.Tensor, density: float, gamma: float, band: tuple | None = None,
+def outlier_mask(delta: torch.Tensor, density: float, gamma: float, selection: Band | None = None,
                  offset: int = 0) -> torch.Tensor:
-    """Model Breadcrumbs: drop the largest `gamma` fraction (outliers) and the smallest entries, keeping `density`.
-
-    `band` is `band_selection` over the whole tensor (of which `delta` is a block at `offset`), or a bare
-    (low, high) found over the whole task vector."""
+    """Model Breadcrumbs: drop the largest `gamma` fraction (outliers) and the smallest entries, keeping `density`;
+    `selection` as for ``magnitude_mask``."""
     magnitude = delta.abs()
-    if band is None:
-        band = band_selection(magnitude, density, gamma)
-    if len(band) == 2:  # global: keep everything inside the band
-        return (magnitude >= band[0]) & (magnitude <= band[1])
-    low, high, low_cut, high_cut = band
-    if low == high:
-        return _ties_kept(magnitude, low, low_cut, high_cut, offset)
-    return ((magnitude > low) & (magnitude < high)) | _ties_kept(magnitude, low, low_cut, math.inf, offset) \
-        | _ties_kept(magnitude, high, -1, high_cut, offset)
+    if selection is None:
+        selection = band(TorchMagnitudes.of(magnitude), magnitude.numel(), [density], [gamma])[0]
+    return keep_mask(magnitude, selection, offset)
+
+
+def magnitude_prune(delta: torch.Tensor, model, params, own: Callable[[torch.Tensor, Any], Selection]) -> torch.Tensor:
+    """Keep what a magnitude selection keeps (TIES, Breadcrumbs): the planner's -- over the whole tensor or task
+    vector, of which `delta` is the block at ``model.offset`` -- else ``own(|delta|, model)``; with ``rescale``,
+    restore the L1 mass."""
+    magnitude = delta.abs()
+    selection = model.selection if model.selection is not None else own(magnitude, model)
+    kept = delta * keep_mask(magnitude, selection, model.offset)
+    if params["rescale"]:
+        kept.mul_(model.l1_scale if model.l1_scale is not None else l1_factor(*l1_masses(delta, selection)))
+    return kept
+
+
+def l1_masses(delta: torch.Tensor, selection: Selection, offset: int = 0) -> tuple[float, float]:
+    """(L1 mass of a task vector's block, mass its selection keeps), in float64: summed over blocks, they give
+    ``l1_factor`` for the whole tensor."""
+    magnitude = delta.abs()
+    kept = magnitude * keep_mask(magnitude, selection, offset)
+    return float(magnitude.sum(dtype=torch.float64)), float(kept.sum(dtype=torch.float64))
+
+
+def l1_factor(before: float, after: float) -> float:
+    """The factor that brings a pruned task vector back to the L1 norm it had before pruning (mergekit's `rescale`
+    for magnitude pruning, where 1/density would not preserve anything); 1 when either mass is (near) zero."""
+    return before / after if before >= 1e-7 and after >= 1e-7 else 1.0
 
 
 # Random draws are a keyed hash of (seed, flat index) -- SplitMix64's output function -- not a sequential stream: an
@@ -196,10 +101,11 @@ def random_keep(delta: torch.Tensor, density: float, seed: int, offset: int = 0)
 def rank_keep_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
     """DELLA's MagPrune: per row, keep probabilities rise linearly with magnitude rank from density - epsilon to
     density + epsilon (the smallest entry of a row gets the lowest). 1-D tensors are one row."""
-    if not (0 < density - epsilon and density + epsilon < 1):
-        raise ValueError(f"della needs 0 < density - epsilon and density + epsilon < 1 (density {density}, epsilon {epsilon})")
+    if not (0 < density - epsilon and density + epsilon <= 1):
+        raise ValueError(f"della needs 0 < density - epsilon and density + epsilon <= 1 (density {density}, epsilon {epsilon})")
     rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(delta.shape[0], -1)
-    ranks = rows.abs().argsort(dim=1).argsort(dim=1).to(torch.float32)  # 0 = smallest
+    # stable: tied magnitudes (common in bfloat16 task vectors) rank by position, on every device
+    ranks = rows.abs().argsort(dim=1, stable=True).argsort(dim=1, stable=True).to(torch.float32)  # 0 = smallest
     span = max(rows.shape[1] - 1, 1)
     probabilities = (density - epsilon) + (ranks / span) * (2 * epsilon)
     return probabilities.reshape(delta.shape)
@@ -221,12 +127,3 @@ def elect_positive(weighted_deltas: list[torch.Tensor], method: str = "sum") -> 
     for x in weighted_deltas[1:]:
         total.add_(pick(x))
     return total >= 0
-
-
-def l1_rescale(original: torch.Tensor, kept: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """Scale a pruned task vector back to the L1 norm it had before pruning (mergekit's `rescale` for magnitude
-    pruning, where 1/density would not preserve anything)."""
-    before, after = original.abs().sum(), kept.abs().sum()
-    if before < eps or after < eps:
-        return kept
-    return kept * (before / after)

@@ -1,0 +1,76 @@
+"""The reference executor: a planned tensor through the method's own tensor function, block by block.
+
+Per block it reads the rows of the base and of every input, hands float32 copies to the method, and stores the
+cast result in the output tensor: float32 temporaries stay the size of a block. A method that needs a selection
+over the whole tensor (TIES, Breadcrumbs) first gets it by streaming the blocks through the counting passes
+(``statistics``). This is what runs on a GPU, for stored task vectors, and for anything the fused kernels do not
+cover.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..fingerprint import Fingerprinter, new_digest, update
+from ..inputs import Input
+from ..io.checkpoint import Checkpoint
+from ..methods import MergeMethod
+from .blocks import block_numel, block_start, row_blocks
+from .finite import check_finite
+from .plan import TensorPlan
+from .statistics import with_statistics
+
+
+class ReferenceMerger:
+    def __init__(self, method: MergeMethod, base: Checkpoint | None, inputs: list[Input], device: torch.device,
+                 compute_dtype: torch.dtype, needs_base: bool, fingerprint: Fingerprinter | None):
+        self.method, self.base, self.inputs = method, base, inputs
+        self.device, self.cd, self.needs_base, self.fingerprint = device, compute_dtype, needs_base, fingerprint
+
+    def copy(self, plan: TensorPlan) -> torch.Tensor:
+        src = plan.copy_from.read(plan.name)
+        if plan.copy_from is self.base and self.fingerprint is not None:
+            self.fingerprint.add(plan.name, src)
+        return src.to(plan.out_dtype)
+
+    def memory(self, plan: TensorPlan) -> int:
+        """Peak bytes of a merge job: the output, plus the float32 temporaries of a block (every input, its pruned
+        copy and the masks), plus the whole base when the tensor is taken whole."""
+        block = block_numel(plan.shape, row_blocks(plan.shape, self.method.granularity)[0])
+        held = 3 if self.method.streaming else 2 * len(self.inputs) + 4
+        return plan.write_bytes + held * block * self.cd.itemsize + block * plan.source_dtype.itemsize
+
+    def _deltas(self, name: str, rows, which) -> list[torch.Tensor]:
+        """Task vectors of the models `which`, rows [start, stop) (for the counting passes)."""
+        b = self.base.read(name, rows).to(device=self.device, dtype=self.cd)
+        return [self.inputs[i].delta(name, b, self.cd, self.device, rows) for i in which]
+
+    def merge(self, plan: TensorPlan) -> torch.Tensor:
+        name, method = plan.name, self.method
+        blocks = row_blocks(plan.shape, method.granularity)
+        models = plan.models
+        if method.selection is not None:
+            models = with_statistics(method, plan, blocks, lambda rows, which: self._deltas(name, rows, which))
+        digest = new_digest() if self.fingerprint is not None and self.needs_base else None
+        out = None if blocks == [None] else torch.empty(plan.shape, dtype=plan.out_dtype)
+        for rows in blocks:
+            raw = self.base.read(name, rows) if self.needs_base else None
+            if digest is not None:
+                update(digest, raw)
+            b = None if raw is None else raw.to(device=self.device, dtype=self.cd)
+            start = block_start(plan.shape, rows)
+            args = [m.at(start) for m in models]
+            if method.inputs == "deltas":
+                xs = (inp.delta(name, b, self.cd, self.device, rows) for inp in self.inputs)
+            else:
+                xs = (inp.weights(name, b, self.cd, self.device, rows) for inp in self.inputs)
+            merged = method.fn(b, xs if method.streaming else list(xs), args, plan.params)
+            if method.inputs == "deltas":
+                merged = merged.add_(b)
+            if out is None:
+                out = check_finite(name, merged.to(plan.out_dtype), self.inputs).cpu()
+            else:  # cast while copying into place, then check the stored values
+                check_finite(name, out[rows[0]:rows[1]].copy_(merged), self.inputs)
+        if digest is not None:
+            self.fingerprint.add_digest(name, plan.source_dtype, plan.shape, digest.hexdigest())
+        return out
