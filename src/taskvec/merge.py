@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .dry_run import PlanView, describe
 from .dtypes import dtype_name, parse_dtype
 from .engine import fused
 from .engine.plan import MergePlan, TensorPlan, plan_merge
@@ -163,13 +164,12 @@ def merge_inputs(
         fast = fused.FusedMerger(method, base, inputs, BufferPool(options.memory_budget // 2))
 
     def job(t: TensorPlan) -> Job:
+        memory = _job_memory(t, reference, fast)
         if not t.merge:
-            return Job(t.name, t.shape, t.out_dtype, t.read_bytes, lambda: reference.copy(t),
-                       t.numel * (t.source_dtype.itemsize + t.out_dtype.itemsize))
+            return Job(t.name, t.shape, t.out_dtype, t.read_bytes, lambda: reference.copy(t), memory)
         if t.fused:
-            return Job(t.name, t.shape, t.out_dtype, t.read_bytes, lambda: fast.merge(t), fast.memory(t),
-                       fast.outputs.give)
-        return Job(t.name, t.shape, t.out_dtype, t.read_bytes, lambda: reference.merge(t), reference.memory(t))
+            return Job(t.name, t.shape, t.out_dtype, t.read_bytes, lambda: fast.merge(t), memory, fast.outputs.give)
+        return Job(t.name, t.shape, t.out_dtype, t.read_bytes, lambda: reference.merge(t), memory)
 
     reference_folder = base.folder if base is not None else inputs[0].checkpoint.folder
     specs = [(t.name, t.out_dtype, t.shape) for t in plan.tensors]
@@ -196,6 +196,26 @@ def merge_inputs(
             warnings.warn(notes[-1])
         path = writer.commit()
     return MergeResult(path, stats, notes)
+
+
+def _job_memory(t: TensorPlan, reference: ReferenceMerger, fast: fused.FusedMerger | None) -> int:
+    """The executor's estimate of the bytes a tensor's job holds until its result is written."""
+    if not t.merge:
+        return t.numel * (t.source_dtype.itemsize + t.out_dtype.itemsize)
+    return fast.memory(t) if t.fused else reference.memory(t)
+
+
+def describe_recipe(recipe: Recipe | str | Path, options: MergeOptions | None = None) -> PlanView:
+    """``taskvec merge --dry-run``: the plan as rows and totals, from headers alone; nothing is written."""
+    options = options or MergeOptions()
+    with _opened(recipe) as run:
+        plan = make_plan(run.base, run.inputs, run.method, run.model_settings, run.global_settings, options,
+                         run.out_dtype)
+        reference = ReferenceMerger(run.method, run.base, plan.inputs, _device(options.device), options.compute_dtype,
+                                    run.base is not None, None)
+        fast = fused.FusedMerger(run.method, run.base, plan.inputs) if any(t.fused for t in plan.tensors) else None
+        return describe(plan, options.workers or default_workers(), options.memory_budget,
+                        lambda t: _job_memory(t, reference, fast))
 
 
 def _deltas(base: Checkpoint, inputs: list[Input], name: str, rows, device) -> list[torch.Tensor]:

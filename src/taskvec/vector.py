@@ -16,6 +16,8 @@ import torch
 
 from . import __version__
 from .dtypes import dtype_name, parse_dtype
+from .engine.plan import TensorPlan
+from .engine.reference import ReferenceMerger
 from .engine.scheduler import Job, execute
 from .errors import TaskvecError
 from .fingerprint import Fingerprinter
@@ -23,9 +25,8 @@ from .inputs import FORMAT, MANIFEST, DifferenceInput, Input, ModelInput, Stored
 from .io.checkpoint import open_checkpoint
 from .io.model_folder import model_card
 from .io.writer import ShardedWriter, prepare_target
-from .engine.finite import check_finite
 from .merge import MergeOptions, MergeResult, merge_inputs
-from .methods import get_method
+from .methods import ModelArgs, get_method
 
 
 @dataclass(frozen=True)
@@ -158,25 +159,22 @@ class TaskVector:
                 read_bytes[name] = read_bytes.get(name, 0) + info.nbytes * (2 if isinstance(inp, DifferenceInput) else 1)
         for name in shapes:
             skipped.pop(name, None)
-        device = torch.device(options.device)
+        dtypes = {n: inp.info(n).dtype for inp in reversed(inputs) for n in inp.names() if n in shapes}
+        plans = [TensorPlan(n, shapes[n], dtypes[n], store_dtype, read_bytes[n],
+                            models=tuple(ModelArgs({"weight": c}) for c in coefs),
+                            params={"lambda": 1.0, "normalize": False}) for n in shapes]
+        method = get_method("task_arithmetic")
+        padded = [_ZeroWhereAbsent(inp, shapes) for inp in inputs]
+        executor = ReferenceMerger(method, None, padded, torch.device(options.device), options.compute_dtype,
+                                   needs_base=False, fingerprint=None, add_base=False)
 
-        def job(name: str) -> Job:
-            def run() -> torch.Tensor:
-                acc = None
-                for c, inp in zip(coefs, inputs):
-                    if inp.info(name) is None:
-                        continue
-                    d = inp.delta(name, None, options.compute_dtype, device)
-                    acc = d.mul_(c) if acc is None else acc.add_(d, alpha=c)
-                return check_finite(name, acc.to(store_dtype), inputs).cpu()
-
-            scratch = 3 * math.prod(shapes[name]) * options.compute_dtype.itemsize  # accumulator, one delta, its base
-            return Job(name, shapes[name], store_dtype, read_bytes[name], run,
-                       scratch + math.prod(shapes[name]) * store_dtype.itemsize)
+        def job(plan: TensorPlan) -> Job:
+            return Job(plan.name, plan.shape, store_dtype, plan.read_bytes, lambda: executor.merge(plan),
+                       executor.memory(plan))
 
         specs = [(n, store_dtype, shapes[n]) for n in shapes]
         with ShardedWriter(out, specs, options.shard_size, prefix="task_vector", force=options.force) as writer:
-            stats = execute([job(n) for n in shapes], writer, options.workers, "extract", options.progress,
+            stats = execute([job(p) for p in plans], writer, options.workers, "extract", options.progress,
                             options.memory_budget)
             manifest = self._manifest(inputs, fingerprints, store_dtype, specs, skipped, stats)
             writer.write_text(MANIFEST, json.dumps(manifest, indent=2) + "\n")
@@ -214,6 +212,19 @@ class TaskVector:
             "seconds": round(stats.seconds, 3),
             "skipped": [{"tensor": n, "reason": r} for n, r in sorted(skipped.items())],
         }
+
+
+class _ZeroWhereAbsent(Input):
+    """An expression's term, read as a zero task vector for tensors it lacks (another term has them)."""
+
+    def __init__(self, inp: Input, shapes: dict[str, tuple[int, ...]]):
+        self.inp, self.shapes, self.label, self.checkpoint = inp, shapes, inp.label, inp.checkpoint
+
+    def delta(self, name, base, dtype, device, rows=None):
+        if self.inp.info(name) is not None:
+            return self.inp.delta(name, base, dtype, device, rows)
+        shape = self.shapes[name] if rows is None else (rows[1] - rows[0],) + self.shapes[name][1:]
+        return torch.zeros(shape, dtype=dtype, device=device)
 
 
 def _difference_skips(inp: DifferenceInput) -> dict[str, str]:

@@ -23,9 +23,11 @@ from .statistics import with_statistics
 
 class ReferenceMerger:
     def __init__(self, method: MergeMethod, base: Checkpoint | None, inputs: list[Input], device: torch.device,
-                 compute_dtype: torch.dtype, needs_base: bool, fingerprint: Fingerprinter | None):
+                 compute_dtype: torch.dtype, needs_base: bool, fingerprint: Fingerprinter | None,
+                 add_base: bool = True):
         self.method, self.base, self.inputs = method, base, inputs
         self.device, self.cd, self.needs_base, self.fingerprint = device, compute_dtype, needs_base, fingerprint
+        self.add_base = add_base  # False: a deltas method's result is the output (a task vector, `extract`)
 
     def copy(self, plan: TensorPlan) -> torch.Tensor:
         src = plan.copy_from.read(plan.name)
@@ -65,7 +67,7 @@ class ReferenceMerger:
             else:
                 xs = (inp.weights(name, b, self.cd, self.device, rows) for inp in self.inputs)
             merged = method.fn(b, xs if method.streaming else list(xs), args, plan.params)
-            if method.inputs == "deltas":
+            if method.inputs == "deltas" and self.add_base:
                 merged = merged.add_(b)
             if out is None:
                 out = check_finite(name, merged.to(plan.out_dtype), self.inputs).cpu()
