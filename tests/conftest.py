@@ -66,7 +66,13 @@ def cli():
             result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
         finally:
             os.chdir(old)
-        output = result.output + (result.stderr if hasattr(result, "stderr") else "")
+        output = result.output  # click >= 8.2: stdout and stderr interleaved
+        try:
+            stderr = result.stderr
+        except ValueError:  # an older click that did not capture stderr apart
+            stderr = ""
+        if stderr and stderr not in output:
+            output += stderr
         if ok:
             assert result.exit_code == 0, output
         return result.exit_code, output
