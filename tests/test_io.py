@@ -145,7 +145,8 @@ def test_config_tokenizer_and_model_card_are_written(tmp_path):
     assert (out / "tokenizer.json").exists() and (out / "1_Pooling" / "config.json").exists()
     assert (out / "modules.json").exists() and not (out / "runs").exists()
     card = (out / "README.md").read_text()
-    assert "base_model_relation: merge" in card and str(ft) in card and "merge_method: task_arithmetic" in card
+    assert "- `ft` (local)" in card and "merge_method: task_arithmetic" in card
+    assert str(tmp_path) not in card and "base_model_relation" not in card  # no Hub id known: no base_model
     tensors = read_model(out)
     assert tensors["layers.0.w"].dtype == torch.bfloat16 and tensors["position_ids"].dtype == torch.int64
 

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import read_model, toy_tensors, write_model
 from safetensors.torch import save_file
 
 from taskvec import MergeOptions, TaskvecError, merge_recipe, parse_recipe
 from taskvec.io import ShardedWriter, open_checkpoint
 from taskvec.io import writer as writer_module
-from taskvec.io.model_folder import aux_files, copy_aux_files
+from taskvec.io.model_folder import aux_files, copy_aux_files, hub_id, model_card
 from taskvec.io.safetensors_file import read_header
 
 
@@ -455,3 +456,68 @@ def test_only_subfolders_that_modules_json_lists_are_copied(tmp_path):
     assert names == {"config.json", "modules.json", "notes.md", "1_Pooling/config.json"}
     assert {p.relative_to(folder).as_posix() for p in aux_files(folder, is_folder=False)} == {
         "config.json", "modules.json", "1_Pooling/config.json"}
+
+
+# --- 7. the model card ------------------------------------------------------------------------------------------
+
+def card_meta(card: str) -> dict:
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+def test_a_card_from_local_paths_shows_no_absolute_path(tmp_path, models):
+    base, ft = models
+    run(ta_recipe(base, ft), tmp_path / "out")
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert str(tmp_path) not in card and "/tmp" not in card
+    assert "base_model" not in card_meta(card) and "base_model_relation" not in card_meta(card)
+    assert card_meta(card)["tags"] == ["taskvec", "merge", "task_arithmetic"]
+    assert "- `base` (local)" in card and "- `ft` (local)" in card
+    assert "base_model: base" in card and "model: ft" in card  # the recipe, relative to the output's parent
+
+
+def test_an_apply_card_has_no_expression_or_path_in_base_model(tmp_path, models, cli):
+    base, ft = models
+    cli("apply", base, f"{ft}:0.5", "--out", tmp_path / "out", "--quiet")
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert str(tmp_path) not in card and "base_model" not in card_meta(card)
+    assert "(ft - base)" in card
+
+
+def test_a_card_cites_the_hub_id_a_local_config_names(tmp_path):
+    base = write_model(tmp_path / "base", toy_tensors(0), config={"_name_or_path": "HuggingFaceTB/SmolLM2-135M"})
+    ft = write_model(tmp_path / "ft", toy_tensors(1), config={"_name_or_path": "/home/alice/runs/checkpoint-500"})
+    run(ta_recipe(base, ft), tmp_path / "out")
+    card = (tmp_path / "out" / "README.md").read_text()
+    meta = card_meta(card)
+    assert meta["base_model"] == ["HuggingFaceTB/SmolLM2-135M"] and meta["base_model_relation"] == "merge"
+    assert "alice" not in card and str(tmp_path) not in card
+
+
+def test_model_card_takes_refs_with_their_configs(tmp_path):
+    card = model_card([("acme/tiny", None), (str(tmp_path / "ft"), {"_name_or_path": "org/base-1.5B"}),
+                       (str(tmp_path / "x" / "vec"), None)], "ties",
+                      f"base_model: acme/tiny\nmodels:\n- model: {tmp_path}/ft\n- model: /home/bob/vec\n",
+                      out=tmp_path / "out")
+    assert card_meta(card)["base_model"] == ["acme/tiny", "org/base-1.5B"]
+    assert "- model: ft\n" in card and "- model: vec\n" in card and "/home" not in card
+    assert "[`acme/tiny`](https://huggingface.co/acme/tiny)" in card
+
+
+@pytest.mark.parametrize("ref,config,expected", [
+    ("HuggingFaceTB/SmolLM2-135M", None, "HuggingFaceTB/SmolLM2-135M"),
+    ("/models/base", {"_name_or_path": "meta-llama/Llama-3.2-1B"}, "meta-llama/Llama-3.2-1B"),
+    ("/models/base", {"_name_or_path": "/models/base"}, None),
+    ("./org/name", None, None),
+    ("base", {"_name_or_path": "../org/name"}, None),
+    ("a/../b", None, None),
+    ("base", None, None),
+    ("base", {"_name_or_path": 3}, None),
+])
+def test_hub_id(ref, config, expected):
+    assert hub_id(ref, config) == expected
+
+
+def test_hub_id_is_not_an_existing_local_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "org" / "name").mkdir(parents=True)
+    assert hub_id("org/name", None) is None and hub_id("org/other", None) == "org/other"
