@@ -132,15 +132,21 @@ def test_output_may_not_replace_an_input(tmp_path):
 def test_config_tokenizer_and_model_card_are_written(tmp_path):
     base = write_model(tmp_path / "base", toy_tensors(0), config={"model_type": "toy", "torch_dtype": "float32"})
     (base / "tokenizer.json").write_text("{}")
+    (base / "modules.json").write_text(json.dumps([{"idx": 1, "name": "1", "path": "1_Pooling",
+                                                    "type": "sentence_transformers.models.Pooling"}]))
     (base / "1_Pooling").mkdir()
     (base / "1_Pooling" / "config.json").write_text("{}")
+    (base / "runs").mkdir()  # a subfolder modules.json does not list is not part of the model
+    (base / "runs" / "events.txt").write_text("training log")
     ft = write_model(tmp_path / "ft", toy_tensors(1))
     run(ta_recipe(base, ft, out_dtype="bfloat16"), tmp_path / "out")
     out = tmp_path / "out"
     assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
     assert (out / "tokenizer.json").exists() and (out / "1_Pooling" / "config.json").exists()
+    assert (out / "modules.json").exists() and not (out / "runs").exists()
     card = (out / "README.md").read_text()
-    assert "base_model_relation: merge" in card and str(ft) in card and "merge_method: task_arithmetic" in card
+    assert "- `ft` (local)" in card and "merge_method: task_arithmetic" in card
+    assert str(tmp_path) not in card and "base_model_relation" not in card  # no Hub id known: no base_model
     tensors = read_model(out)
     assert tensors["layers.0.w"].dtype == torch.bfloat16 and tensors["position_ids"].dtype == torch.int64
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import TaskvecError
+from .failures import cannot_read
 from .safetensors_file import Entry, read_header, read_tensor
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -35,12 +36,16 @@ class TensorInfo:
 
 
 class Checkpoint:
-    """A set of named tensors on disk, plus the folder they came from (config, tokenizer), if any."""
+    """A set of named tensors on disk, plus the folder they came from (config, tokenizer), if any.
 
-    def __init__(self, label: str, folder: Path | None, files: list[Path]):
+    `is_folder` says whether the user named a model folder (or a cached model id), whose every small file belongs to
+    the model, or one weights file, whose folder may hold anything: then only the standard files beside it do."""
+
+    def __init__(self, label: str, folder: Path | None, files: list[Path], is_folder: bool = True):
         self.label = label
         self.folder = folder
         self.files = files
+        self.is_folder = is_folder
         self.tensors: dict[str, TensorInfo] = {}
 
     def __contains__(self, name: str) -> bool:
@@ -79,8 +84,9 @@ class Checkpoint:
 class SafetensorsCheckpoint(Checkpoint):
     """One or more safetensors files; tensors are read with positioned reads on descriptors shared by threads."""
 
-    def __init__(self, label: str, folder: Path | None, files: list[Path], weight_map: dict[str, str] | None = None):
-        super().__init__(label, folder, files)
+    def __init__(self, label: str, folder: Path | None, files: list[Path], weight_map: dict[str, str] | None = None,
+                 is_folder: bool = True):
+        super().__init__(label, folder, files, is_folder)
         self._entries: dict[str, tuple[Path, Entry]] = {}
         for file in files:
             entries, _ = read_header(file)
@@ -106,7 +112,10 @@ class SafetensorsCheckpoint(Checkpoint):
     def _fd(self, file: Path) -> int:
         with self._lock:
             if file not in self._fds:
-                self._fds[file] = os.open(file, os.O_RDONLY)
+                try:
+                    self._fds[file] = os.open(file, os.O_RDONLY)
+                except OSError as e:
+                    raise cannot_read(file, e) from e
             return self._fds[file]
 
     def read(self, name: str, rows: tuple[int, int] | None = None, into: torch.Tensor | None = None) -> torch.Tensor:
@@ -123,8 +132,9 @@ class SafetensorsCheckpoint(Checkpoint):
 class TorchBinCheckpoint(Checkpoint):
     """``pytorch_model.bin`` files, loaded only with ``weights_only=True`` and memory-mapped where the format allows."""
 
-    def __init__(self, label: str, folder: Path | None, files: list[Path], weight_map: dict[str, str] | None = None):
-        super().__init__(label, folder, files)
+    def __init__(self, label: str, folder: Path | None, files: list[Path], weight_map: dict[str, str] | None = None,
+                 is_folder: bool = True):
+        super().__init__(label, folder, files, is_folder)
         self._shards: dict[Path, dict[str, torch.Tensor]] = {}
         self._where: dict[str, Path] = {}
         for file in files:
@@ -166,17 +176,31 @@ class TorchBinCheckpoint(Checkpoint):
 
 
 def _index_files(index: Path) -> tuple[list[Path], dict[str, str]]:
+    """The shard files an index names, each checked to be a plain file beside the index: an index must not make
+    taskvec read (or a model card name) a file elsewhere on the disk."""
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, RecursionError) as e:
         raise TaskvecError(f"{index}: not a valid shard index (needs a 'weight_map' object): {e}") from e
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise TaskvecError(f"{index}: not a valid shard index ('weight_map' must map tensor names to shard file names)")
     files = []
     for shard in dict.fromkeys(weight_map.values()):
+        if not _is_plain_name(shard):
+            name = next(n for n, s in weight_map.items() if s == shard)
+            raise TaskvecError(
+                f"{index}: tensor {name!r} points to {shard!r}; a shard must be a file name beside the index "
+                "(no folders, '..' or absolute paths)"
+            )
         path = index.parent / shard
         if not path.is_file():
             raise TaskvecError(f"{index}: shard {shard} is missing; the download or copy is incomplete")
         files.append(path)
     return files, weight_map
+
+
+def _is_plain_name(name: str) -> bool:
+    return name not in ("", ".", "..") and not any(c in name for c in "/\\\0") and not re.match(r"^[A-Za-z]:", name)
 
 
 def _open_folder(folder: Path, label: str) -> Checkpoint:
@@ -236,10 +260,10 @@ def open_checkpoint(ref: str | os.PathLike, search_dirs: tuple[Path, ...] = ()) 
     if path.is_dir():
         return _open_folder(path, label)
     if path.name.endswith(".safetensors"):
-        return SafetensorsCheckpoint(label, path.parent, [path])
+        return SafetensorsCheckpoint(label, path.parent, [path], is_folder=False)
     if path.name.endswith(".safetensors.index.json"):
         files, weight_map = _index_files(path)
-        return SafetensorsCheckpoint(label, path.parent, files, weight_map)
+        return SafetensorsCheckpoint(label, path.parent, files, weight_map, is_folder=False)
     if path.suffix in (".bin", ".pt", ".pth"):
-        return TorchBinCheckpoint(label, path.parent, [path])
+        return TorchBinCheckpoint(label, path.parent, [path], is_folder=False)
     raise TaskvecError(f"{label}: not a model folder, .safetensors, .bin or shard index file")

@@ -5,6 +5,8 @@ a crash or Ctrl-C leaves no half-written folder that looks finished. The shard l
 planned tensors' shapes, so each shard streams to disk tensor by tensor with large sequential writes.
 """
 
+import ctypes
+import errno
 import json
 import math
 import os
@@ -17,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..errors import TaskvecError
+from .failures import cannot_read, cannot_write
 from .safetensors_file import StreamingFile
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)?\s*$", re.IGNORECASE)
@@ -50,24 +53,72 @@ def prepare_target(target: Path, force: bool) -> None:
 def temp_folder(target: Path) -> Path:
     """A fresh hidden folder beside `target`, where an output is built before it is renamed into place."""
     tmp = target.parent / f".{target.name}.taskvec-tmp-{uuid.uuid4().hex[:8]}"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp.mkdir()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as e:
+        raise cannot_write(target, e) from e
     return tmp
 
 
 def move_into_place(tmp: Path, target: Path, force: bool) -> None:
-    """Rename a complete `tmp` folder to `target`; an existing target (allowed only with `force`) is removed only
-    once the new folder is in place."""
-    _fsync_dir(tmp)
+    """Rename a complete `tmp` folder to `target`. An existing target (allowed only with `force`) is swapped with
+    `tmp` in one atomic step (Linux renameat2 RENAME_EXCHANGE), so a crash at any moment leaves either the old or
+    the new folder at `target`; the old one, now at `tmp`, is removed afterwards.
+
+    Where the exchange is unavailable (not Linux, an old kernel or a file system without it) the old folder is
+    first renamed aside, then `tmp` renamed to `target`: a crash between those two renames leaves nothing at
+    `target` and the old folder hidden beside it as ``.NAME.taskvec-old-XXXX``."""
     old = None
-    if target.exists():
-        prepare_target(target, force)
-        old = target.parent / f".{target.name}.taskvec-old-{uuid.uuid4().hex[:8]}"
-        os.rename(target, old)
-    os.rename(tmp, target)
-    _fsync_dir(target.parent)
+    try:
+        _fsync_tree(tmp)
+        if target.exists():
+            prepare_target(target, force)
+            old = tmp if _exchange(tmp, target) else _rename_aside_and_replace(tmp, target)
+        else:
+            os.rename(tmp, target)
+        _fsync_dir(target.parent)
+    except OSError as e:
+        raise cannot_write(target, e) from e
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _rename_aside_and_replace(tmp: Path, target: Path) -> Path:
+    """The fallback: two renames, with a window where `target` is missing. Returns where the old folder went."""
+    old = target.parent / f".{target.name}.taskvec-old-{uuid.uuid4().hex[:8]}"
+    os.rename(target, old)
+    try:
+        os.rename(tmp, target)
+    except BaseException:
+        os.rename(old, target)  # put the old folder back
+        raise
+    return old
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _renameat2():
+    """libc's renameat2, or None (not glibc 2.28+ / not Linux)."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths; False when this system cannot (the caller falls back to plain renames)."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
 
 
 @contextmanager
@@ -127,7 +178,7 @@ class ShardedWriter:
         self._done = False
         try:
             for name, shard in self._shards:
-                self._files[name] = StreamingFile(self.tmp / name, shard, self.metadata)
+                self._files[name] = StreamingFile(self.tmp / name, shard, self.metadata, shown=self.target / name)
         except BaseException:
             self.abort()
             raise
@@ -138,12 +189,29 @@ class ShardedWriter:
         self._files[self.weight_map[name]].write(name, tensor)
 
     def write_text(self, relpath: str, text: str) -> None:
-        (self.tmp / relpath).write_text(text)
+        """A small file (config, card, index), fsynced: it must be on disk before the folder is renamed into place."""
+        dest = self.tmp / relpath
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with open(dest, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise cannot_write(self.target / relpath, e) from e
 
     def copy_file(self, source: Path, relpath: str | None = None) -> None:
-        dest = self.tmp / (relpath or source.name)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, dest)
+        """Copy `source` into the folder, fsynced like ``write_text``."""
+        relpath = relpath or source.name
+        dest = self.tmp / relpath
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest)
+            _fsync_file(dest)
+        except OSError as e:
+            if e.filename == str(source) or isinstance(e, FileNotFoundError) and not source.exists():
+                raise cannot_read(source, e) from e
+            raise cannot_write(self.target / relpath, e) from e
 
     def commit(self) -> Path:
         """Check every planned tensor was written, fsync the shards, write the index, rename the folder into place."""
@@ -177,3 +245,12 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_fsync_file = _fsync_dir  # a read-only descriptor is enough to flush a file's data on Linux
+
+
+def _fsync_tree(folder: Path) -> None:
+    """fsync every folder under `folder`, deepest first, so their entries survive a crash after the rename."""
+    for path, _, _ in os.walk(folder, topdown=False):
+        _fsync_dir(Path(path))
