@@ -1,27 +1,32 @@
-"""The ``taskvec`` command: a thin layer over the Python API."""
+"""The ``taskvec`` command: a thin layer over the Python API.
+
+Only typer, rich and taskvec's light modules load at start: ``--help``, ``version`` and argument errors answer at
+once. Whatever imports torch, numba or matplotlib is imported inside the command that needs it.
+"""
 
 import sys
 import warnings
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
+from typer.core import TyperGroup
 
 from . import __version__
-from .dtypes import parse_dtype
 from .errors import TaskvecError
-from .inputs import is_task_vector
-from .inspect import inspect_vectors
-from .inspect.report import settings_line, tables
-from .io.writer import parse_size, prepare_target
-from .merge import MergeOptions, MergeResult, merge_recipe
-from .methods import REQUIRED, all_methods
-from .vector import TaskVector
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Model merging with task vectors, streamed tensor by tensor.")
+try:  # typer >= 0.2x carries its own copy of click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException
+
+if TYPE_CHECKING:
+    from .merge import MergeOptions, MergeResult
+
 err = Console(stderr=True)
 
 
@@ -32,15 +37,72 @@ def _one_line_warning(message, category, filename, lineno, line=None):
 warnings.formatwarning = _one_line_warning
 
 
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print `message` as one ``error:`` line; the caller raises the result (exit status 2)."""
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+@contextmanager
+def one_line_usage_errors():
+    """A usage error (unknown command or option, missing argument) as one ``error:`` line that says where help is,
+    instead of typer's usage box. Calling ``taskvec`` with nothing still shows the help."""
+    try:
+        yield
+    except ClickException as e:
+        if type(e).__name__ == "NoArgsIsHelpError":
+            raise
+        message, ctx = e.format_message().rstrip(), getattr(e, "ctx", None)
+        if ctx is not None:
+            message += ("" if message.endswith((".", "?")) else ".") + f" See '{ctx.command_path} --help'."
+        raise fail(message, e.exit_code) from None
+
+
+class Commands(TyperGroup):
+    """taskvec's command group: typer's, with one-line usage errors that name the commands."""
+
+    def make_context(self, *args, **kwargs):
+        with one_line_usage_errors():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with one_line_usage_errors():
+            return super().invoke(ctx)
+
+    def resolve_command(self, ctx, args):
+        try:
+            return super().resolve_command(ctx, args)
+        except ClickException as e:
+            if e.message.startswith("No such command"):
+                e.message = f"{e.message} The commands are: {', '.join(self.list_commands(ctx))}."
+            raise
+
+
+app = typer.Typer(cls=Commands, add_completion=False, no_args_is_help=True,
+                  help="Model merging with task vectors, streamed tensor by tensor.")
+
+
+def os_error_message(e: OSError) -> str:
+    """``<filename>: <strerror>``, the way the shell reports a file problem; the bare message when there is none."""
+    what = e.strerror or str(e) or type(e).__name__
+    names = [str(n) for n in (e.filename, e.filename2) if n is not None]
+    return ": ".join([" -> ".join(names), what] if names else [what])
+
+
 def friendly(fn):
-    """Turn user errors into one line and exit status 2; Ctrl-C into status 130 (nothing is left half-written)."""
+    """Turn problems a user can act on into one line and exit status 2 -- TaskvecError, and as a safety net any
+    OSError (disk full, permission denied) or MemoryError that gets this far -- and Ctrl-C into status 130 (nothing
+    is left half-written). Anything else is a bug in taskvec: it keeps its traceback."""
     @wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except TaskvecError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2)
+            raise fail(str(e)) from None
+        except OSError as e:
+            raise fail(os_error_message(e)) from None
+        except MemoryError:
+            raise fail("out of memory") from None
         except KeyboardInterrupt:
             err.print("interrupted: no output was written")
             raise typer.Exit(130)
@@ -57,7 +119,11 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")
 Seed = Annotated[int, typer.Option("--seed", help="seed of the random drops (dare_*, della*): same seed, same output")]
 
 
-def _options(shard_size, workers, device, compute_dtype, force, carry, quiet, seed=0) -> MergeOptions:
+def _options(shard_size, workers, device, compute_dtype, force, carry, quiet, seed=0) -> "MergeOptions":
+    from .dtypes import parse_dtype
+    from .io.writer import parse_size
+    from .merge import MergeOptions
+
     if workers is not None and workers < 1:
         raise TaskvecError("--workers must be at least 1")
     return MergeOptions(
@@ -67,7 +133,7 @@ def _options(shard_size, workers, device, compute_dtype, force, carry, quiet, se
     )
 
 
-def _summary(result: MergeResult, quiet: bool) -> None:
+def _summary(result: "MergeResult", quiet: bool) -> None:
     s = result.stats
     if not quiet:
         rate = s.bytes_read / max(s.seconds, 1e-9) / 1e6
@@ -87,6 +153,8 @@ def merge(
     seed: Seed = 0,
 ):
     """Run a recipe (merge_method, base_model, models, parameters) and write a Hugging Face model folder."""
+    from .merge import merge_recipe
+
     options = _options(shard_size, workers, device, compute_dtype, force, carry_missing, quiet, seed)
     _summary(merge_recipe(recipe, out, options), quiet)
 
@@ -113,6 +181,9 @@ def apply(
     compute_dtype: ComputeDtype = "float32", force: Force = False, carry_missing: Carry = False, quiet: Quiet = False,
 ):
     """Task arithmetic, short form: BASE + sum of SCALE * task vector (a fine-tuned model counts as its own vector)."""
+    from .inputs import is_task_vector
+    from .vector import TaskVector
+
     options = _options(shard_size, workers, device, compute_dtype, force, carry_missing, quiet)
     total = None
     for arg in vectors:
@@ -132,6 +203,8 @@ def extract(
     shard_size: ShardSize = "5GB", workers: Workers = None, force: Force = False, quiet: Quiet = False,
 ):
     """Store tau = finetuned - base as safetensors plus a taskvec.json manifest."""
+    from .vector import TaskVector
+
     options = _options(shard_size, workers, "cpu", "float32", force, False, quiet)
     path = TaskVector.from_models(base, finetuned).save(out, dtype=dtype, options=options)
     if not quiet:
@@ -149,18 +222,17 @@ def inspect_command(
     force: Force = False, quiet: Quiet = False,
 ):
     """Norms, top-k overlap, sign conflicts and TIES' losses of task vectors: see interference before merging."""
+    from .inspect import inspect_vectors
+    from .inspect.report import rich_table, settings_line, tables
+    from .io.writer import prepare_target
+
     if out is not None:
         prepare_target(out, force)  # fail now, not after reading every input
         _refuse_overwriting_inputs(out, [Path(p) for p in vectors + ([base] if base else [])])
     report = inspect_vectors(vectors, base, tolerance=tolerance, density=density, progress=not quiet)
     console = Console()
     for t in tables(report):
-        table = Table(title=t.title, title_justify="left")
-        for i, col in enumerate(t.columns):
-            table.add_column(col, justify="left" if i < 2 or col == "layer" else "right")
-        for row in t.rows:
-            table.add_row(*row)
-        console.print(table)
+        console.print(rich_table(t, console.width))
     console.print(settings_line(report), highlight=False)
     if out is not None:
         err.print(f"wrote report {report.save(out, force)}", highlight=False)
@@ -175,8 +247,13 @@ def _refuse_overwriting_inputs(out: Path, paths: list[Path]) -> None:
 
 
 @app.command()
+@friendly
 def methods():
     """List the merge methods with their parameters."""
+    from rich.table import Table
+
+    from .methods import REQUIRED, all_methods
+
     table = Table(title="taskvec merge methods")
     for col in ("method", "what it does", "per-model parameters", "global parameters", "base"):
         table.add_column(col)
@@ -190,6 +267,7 @@ def methods():
 
 
 @app.command()
+@friendly
 def version():
     """Print the version."""
     print(f"taskvec {__version__}")

@@ -7,6 +7,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from rich.cells import cell_len
+from rich.table import Table as RichTable
+from rich.text import Text
+
 from ..io.writer import atomic_folder
 from .stats import PairStats, VectorStats
 
@@ -81,6 +85,7 @@ class Table:
     title: str
     columns: list[str]
     rows: list[list[str]]
+    labels: int  # the first `labels` columns name things (may be shortened); the others hold numbers (never are)
 
 
 def fmt(x, percent: bool = False) -> str:
@@ -108,33 +113,64 @@ def tables(report: InspectReport, full: bool = False) -> list[Table]:
     out = [Table(
         "Task vectors", ["task vector", "kind", "entries", "L2 norm", "L1 mass", "changed"],
         [[name[v.label], v.kind, fmt(v.numel), fmt(v.l2_norm), fmt(v.l1_norm), fmt(v.fraction_changed, True)]
-         for v in report.vectors],
+         for v in report.vectors], labels=2,
     )]
     if report.pairs:
         out.append(Table(
             "Pairs: agreement", ["a", "b", "cosine", "sign conflicts", "changed in both"]
             + [f"top-{k:g}% Jaccard" for k in ks],
             [[name[p.a], name[p.b], fmt(p.cosine), fmt(p.sign_conflict_rate, True), fmt(p.both_changed)]
-             + [fmt(p.top_k_jaccard[k]) for k in ks] for p in report.pairs],
+             + [fmt(p.top_k_jaccard[k]) for k in ks] for p in report.pairs], labels=2,
         ))
         out.append(Table(
             f"Pairs: L1 mass a TIES merge drops (density {report.settings['density']:g} per tensor)",
             ["a", "b", "by trimming", "by sign election", "total"],
             [[name[p.a], name[p.b], fmt(p.ties_trim_dropped, True), fmt(p.ties_sign_dropped, True),
-              fmt(p.ties_total_dropped, True)] for p in report.pairs],
+              fmt(p.ties_total_dropped, True)] for p in report.pairs], labels=2,
         ))
         out.append(Table(
             "Most conflicting layers", ["a", "b", "layer", "sign conflicts", "changed in both", "cosine"],
             [[name[c["a"]], name[c["b"]], c["layer"], fmt(c["sign_conflict_rate"], True), fmt(c["both_changed"]),
-              fmt(c["cosine"])] for c in report.most_conflicting_layers()],
+              fmt(c["cosine"])] for c in report.most_conflicting_layers()], labels=3,
         ))
     if full:
         for title, attr, key in (("L2 norm per layer", "l2_by_layer", "layer"),
                                  ("L2 norm per module type", "l2_by_module", "module")):
             keys = list(getattr(report.vectors[0], attr))
             out.append(Table(title, [key] + labels,
-                             [[k] + [fmt(getattr(v, attr).get(k)) for v in report.vectors] for k in keys]))
+                             [[k] + [fmt(getattr(v, attr).get(k)) for v in report.vectors] for k in keys], labels=1))
     return out
+
+
+def column_widths(t: Table, width: int) -> list[int]:
+    """Widths that fit `t` in `width` terminal columns, giving up information in this order: numeric headers
+    wrap at spaces, then labels shorten, widest first; a number keeps its full width whatever the terminal."""
+    cells = [[cell_len(row[i]) for row in t.rows] for i in range(len(t.columns))]
+    natural = [max([cell_len(name), *lens]) for name, lens in zip(t.columns, cells)]
+    room = width - (3 * len(t.columns) + 1)  # each column: a border and one space of padding either side
+    if sum(natural) <= room:
+        return natural
+    numbers = [max([cell_len(word) for word in name.split()] + lens) for name, lens in zip(t.columns, cells)][t.labels:]
+    labels = natural[:t.labels]
+    cap = max(labels, default=0)
+    while cap > 1 and sum(min(w, cap) for w in labels) > room - sum(numbers):
+        cap -= 1
+    return [min(w, cap) for w in labels] + numbers
+
+
+def rich_table(t: Table, width: int) -> RichTable:
+    """`t` for a terminal `width` columns wide: labels end in '…' when they must, numbers are never cut."""
+    table = RichTable(title=t.title, title_justify="left")
+    for i, (name, w) in enumerate(zip(t.columns, column_widths(t, width))):
+        header = Text(name, no_wrap=False)  # headers wrap at spaces, whatever their column does
+        if i < t.labels:
+            table.add_column(header, width=w, no_wrap=True, overflow="ellipsis")
+        else:
+            longest = max((cell_len(row[i]) for row in t.rows), default=1)
+            table.add_column(header, justify="right", width=w, min_width=longest, no_wrap=True)
+    for row in t.rows:
+        table.add_row(*row)
+    return table
 
 
 def settings_line(report: InspectReport) -> str:
