@@ -63,6 +63,7 @@ def test_dry_run_describes_the_plan_and_writes_nothing(tmp_path, cli):
     assert view.columns[:4] == ["tensor", "path", "shape", "dtype in → out"]
     assert [r[:3] for r in view.rows] == [["model.layers.0.w", "fused", "6×4"], ["model.layers.1.w", "fused", "6×4"]]
     assert view.rows[0][4:6] == ["1/0.5", "1/0.5"] and view.models == ["ft0", "ft1"]
+    assert view.model_columns == "weight/density" and "trim_scope=tensor" in view.totals["parameters"]
     assert view.totals["read bytes"] == 3 * 2 * 24 * 4 and view.totals["write bytes"] == 2 * 24 * 4
     code, out = cli("merge", path, "--out", tmp_path / "out", "--dry-run")
     assert code == 0 and "model.layers.1.w" in out and "fused" in out and "peak memory" in out

@@ -147,16 +147,43 @@ def _summary(result: "MergeResult", quiet: bool) -> None:
 @friendly
 def merge(
     recipe: Annotated[Path, typer.Argument(help="mergekit-style YAML recipe")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="output model folder")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="output model folder")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan (per tensor: path, shape, dtypes, "
+                                          "each model's parameters; bytes and peak memory) and write nothing")] = False,
     shard_size: ShardSize = "5GB", workers: Workers = None, device: Device = "cpu",
     compute_dtype: ComputeDtype = "float32", force: Force = False, carry_missing: Carry = False, quiet: Quiet = False,
     seed: Seed = 0,
 ):
     """Run a recipe (merge_method, base_model, models, parameters) and write a Hugging Face model folder."""
+    options = _options(shard_size, workers, device, compute_dtype, force, carry_missing, quiet, seed)
+    if dry_run:
+        from .merge import describe_recipe
+
+        _print_plan(describe_recipe(recipe, options))
+        return
+    if out is None:
+        raise TaskvecError("merge: give the output folder with --out DIR (or --dry-run to only print the plan)")
     from .merge import merge_recipe
 
-    options = _options(shard_size, workers, device, compute_dtype, force, carry_missing, quiet, seed)
     _summary(merge_recipe(recipe, out, options), quiet)
+
+
+def _print_plan(view) -> None:
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="plan", title_justify="left")
+    for i, col in enumerate(view.columns):  # tensor names may fold; numbers never
+        widest = max([len(row[i]) for row in view.rows] + [len(col)])
+        table.add_column(col, overflow="fold", no_wrap=i > 0, min_width=min(widest, 24) if i == 0 else widest)
+    for row in view.rows:
+        table.add_row(*row)
+    console.print(table)
+    for i, label in enumerate(view.models):
+        console.print(f"m{i + 1} = {label} ({view.model_columns})", highlight=False)
+    for key, value in view.totals.items():
+        shown = f"{value / 1e6:,.1f} MB" if key.endswith(("bytes", "(estimate)")) else value
+        console.print(f"{key}: {shown}", highlight=False)
 
 
 def parse_scaled(arg: str) -> tuple[str, float]:

@@ -17,6 +17,7 @@ class PlanView:
     columns: list[str]
     rows: list[list[str]]
     models: list[str]  # the inputs, in the plan's order (columns m1, m2, ... refer to them)
+    model_columns: str  # what a model's cell shows, e.g. "weight/density"
     totals: dict[str, int | str]
 
 
@@ -25,11 +26,12 @@ def describe(plan: MergePlan, workers: int, memory_budget: int, job_memory) -> P
     executor's estimate of a tensor's peak bytes."""
     keys = [p.name for p in plan.method.model_params]
     shown = [k for k in ("weight", "density") if k in keys] + [k for k in keys if k not in ("weight", "density")]
-    columns = ["tensor", "path", "shape", "dtype in → out"] + [f"m{i + 1} {'/'.join(shown)}"
-                                                               for i in range(len(plan.inputs))]
-    if plan.method.params:
+    columns = ["tensor", "path", "shape", "dtype in → out"] + [f"m{i + 1}" for i in range(len(plan.inputs))]
+    settings = {_params(t) for t in plan.tensors if t.merge}
+    varying = len(settings) > 1  # the method's parameters get a column only when filters or gradients vary them
+    if varying:
         columns.append("parameters")
-    rows = [_row(t, shown, bool(plan.method.params)) for t in plan.tensors]
+    rows = [_row(t, shown, varying) for t in plan.tensors]
     rows = [row + [""] * (len(columns) - len(row)) for row in rows]
     memories = sorted((job_memory(t) for t in plan.tensors), reverse=True)
     in_flight = max(min(memory_budget, sum(memories[:2 * workers])), memories[0] if memories else 0)
@@ -39,10 +41,12 @@ def describe(plan: MergePlan, workers: int, memory_budget: int, job_memory) -> P
         "read bytes": plan.read_bytes(), "write bytes": plan.write_bytes(),
         "peak memory (estimate)": PYTHON_AND_LIBRARIES + in_flight,
     }
+    if len(settings) == 1 and next(iter(settings)):
+        totals["parameters"] = next(iter(settings))
     if plan.global_scope:
         totals["selection"] = "over each whole task vector (trim_scope global): two counting passes before merging"
     models = [_short(i.label) for i in plan.inputs]
-    return PlanView(columns, rows, models, totals)
+    return PlanView(columns, rows, models, "/".join(shown), totals)
 
 
 def _row(t: TensorPlan, shown: list[str], with_params: bool) -> list[str]:
@@ -50,8 +54,12 @@ def _row(t: TensorPlan, shown: list[str], with_params: bool) -> list[str]:
     row = [t.name, t.path, "×".join(map(str, t.shape)) or "scalar", f"{','.join(dtypes)} → {dtype_name(t.out_dtype)}"]
     row += ["/".join(_fmt(m.values[k]) for k in shown) for m in t.models] if t.merge else []
     if t.merge and with_params:
-        row.append(", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items()))
+        row.append(_params(t))
     return row
+
+
+def _params(t: TensorPlan) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items())
 
 
 def _fmt(v) -> str:

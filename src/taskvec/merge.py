@@ -62,8 +62,9 @@ def merge_recipe(recipe: Recipe | str | Path, out: str | Path, options: MergeOpt
         return merge_inputs(
             run.base, run.inputs, run.method, run.model_settings, run.global_settings, Path(out), options,
             out_dtype=run.out_dtype,
-            card=model_card([i.label for i in run.inputs] + ([run.base.label] if run.base else []), run.method.name,
-                            run.recipe.to_yaml()),
+            card=model_card([(i.label, i.checkpoint.config()) for i in run.inputs]
+                            + ([(run.base.label, run.base.config())] if run.base else []), run.method.name,
+                            run.recipe.to_yaml(), Path(out)),
             tokenizer_folder=run.tokenizer_folder,
         )
 
@@ -171,10 +172,10 @@ def merge_inputs(
             return Job(t.name, t.shape, t.out_dtype, t.read_bytes, lambda: fast.merge(t), memory, fast.outputs.give)
         return Job(t.name, t.shape, t.out_dtype, t.read_bytes, lambda: reference.merge(t), memory)
 
-    reference_folder = base.folder if base is not None else inputs[0].checkpoint.folder
+    reference_checkpoint = base if base is not None else inputs[0].checkpoint
     specs = [(t.name, t.out_dtype, t.shape) for t in plan.tensors]
     with ShardedWriter(out, specs, options.shard_size, force=options.force) as writer:
-        copy_aux_files(writer, reference_folder, tokenizer_folder, dtype_name(out_dtype) if out_dtype else None)
+        copy_aux_files(writer, reference_checkpoint, tokenizer_folder, dtype_name(out_dtype) if out_dtype else None)
         if card:
             writer.write_text("README.md", card)
         # block-parallel elementwise work runs best one thread per worker; statistics (TIES) use torch's own threads

@@ -118,7 +118,8 @@ class TaskVector:
             return merge_inputs(
                 base_ckpt, inputs, get_method("task_arithmetic"), [{"weight": c} for c in coefs], {}, Path(out),
                 options, out_dtype=parse_dtype(out_dtype) if out_dtype else None,
-                card=model_card([str(base)] + [str(t) for t in self.terms], "task_arithmetic", recipe),
+                card=model_card([(str(base), base_ckpt.config())] + [str(t) for t in self.terms], "task_arithmetic",
+                                recipe, Path(out)),
             )
         finally:
             base_ckpt.close()
