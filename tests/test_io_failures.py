@@ -429,7 +429,6 @@ def test_a_loose_weights_file_brings_only_the_standard_model_files(tmp_path):
                                                                     "tokenizer.json"]
 
 
-@pytest.mark.xfail(reason="until merge.py passes the checkpoint: copy_aux_files(writer, reference, ...)")
 def test_a_merge_onto_a_loose_weights_file_copies_none_of_its_neighbours(tmp_path):
     busy = busy_folder(tmp_path)
     ft = write_model(tmp_path / "ft", toy_tensors(1))
