@@ -78,7 +78,7 @@ class Commands(TyperGroup):
             raise
 
 
-app = typer.Typer(cls=Commands, add_completion=False, no_args_is_help=True,
+app = typer.Typer(name="taskvec", cls=Commands, add_completion=False, no_args_is_help=True,
                   help="Model merging with task vectors, streamed tensor by tensor.")
 
 
