@@ -328,3 +328,45 @@ def test_cosine_is_symmetric_and_bounded_and_self_overlap_is_one(a, b):
         assert aa.cosine == 1.0 and aa.top_k_jaccard == {1: 1.0} and aa.sign_conflict_rate == 0.0
     else:
         assert aa.cosine is None and aa.top_k_jaccard == {1: None}
+
+
+def long_named_report(tmp_path: Path):
+    """Three fine-tunes with long folder names and tiny deltas: numbers like -0.009877 next to labels that can't
+    all fit in 80 columns."""
+    g = torch.Generator().manual_seed(0)
+    shapes = {"model.layers.0.mlp.down_proj.weight": (64, 16), "model.layers.1.mlp.down_proj.weight": (64, 16),
+              "lm_head.weight": (40, 16)}
+    base = {n: torch.randn(s, generator=g) for n, s in shapes.items()}
+    write_model(tmp_path / "base", base)
+    names = ["ft-bbc-news-classifier", "ft-imdb-sentiment-large", "ft-squad-v2-extractive-qa"]
+    for name in names:
+        write_model(tmp_path / name, {n: t + 3e-4 * torch.randn(t.shape, generator=g) for n, t in base.items()})
+    return taskvec.inspect_vectors([tmp_path / n for n in names], tmp_path / "base", progress=False)
+
+
+def body_cells(text: str) -> list[list[str]]:
+    """The cells of a rendered table's body rows (header rows use the heavy ┃, body rows the light │)."""
+    return [[c.strip() for c in line.split("│")[1:-1]] for line in text.splitlines() if line.startswith("│")]
+
+
+@pytest.mark.parametrize("width", [80, 100, 200])
+def test_terminal_tables_shorten_labels_never_numbers(tmp_path, width):
+    from rich.console import Console
+
+    from taskvec.inspect.report import rich_table, tables
+
+    report = long_named_report(tmp_path)
+    for t in tables(report, full=True):
+        console = Console(width=width, record=True)
+        console.print(rich_table(t, console.width))
+        text = console.export_text()
+        assert max(len(line) for line in text.splitlines()) <= width
+        rendered = body_cells(text)
+        assert len(rendered) == len(t.rows), text
+        for row, cells in zip(t.rows, rendered):
+            assert cells[t.labels:] == row[t.labels:], text  # every number verbatim, none cut to '…'
+            for label, cell in zip(row[:t.labels], cells[:t.labels]):
+                assert cell == label or (cell.endswith("…") and label.startswith(cell[:-1])), text
+    console = Console(width=80, record=True)
+    console.print(rich_table(tables(report)[0], 80))
+    assert "ft-bbc-news-classifier" in console.export_text()  # a label is whole when there is room

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from . import __version__
 from .errors import TaskvecError
@@ -58,7 +58,22 @@ def one_line_usage_errors():
         raise fail(message, e.exit_code) from None
 
 
-class Commands(TyperGroup):
+class QuickHelpOption:
+    """typer (0.29) coerces an absent --help flag (value None) through a pydantic validator it builds on the spot,
+    which imports pydantic (~0.15 s) on every run; a False default is a plain bool, which it lets through."""
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.default = False
+        return option
+
+
+class Command(QuickHelpOption, TyperCommand):
+    """One taskvec command."""
+
+
+class Commands(QuickHelpOption, TyperGroup):
     """taskvec's command group: typer's, with one-line usage errors that name the commands."""
 
     def make_context(self, *args, **kwargs):
@@ -78,7 +93,7 @@ class Commands(TyperGroup):
             raise
 
 
-app = typer.Typer(cls=Commands, add_completion=False, no_args_is_help=True,
+app = typer.Typer(name="taskvec", cls=Commands, add_completion=False, no_args_is_help=True,
                   help="Model merging with task vectors, streamed tensor by tensor.")
 
 
@@ -143,7 +158,7 @@ def _summary(result: "MergeResult", quiet: bool) -> None:
         )
 
 
-@app.command()
+@app.command(cls=Command)
 @friendly
 def merge(
     recipe: Annotated[Path, typer.Argument(help="mergekit-style YAML recipe")],
@@ -197,7 +212,7 @@ def parse_scaled(arg: str) -> tuple[str, float]:
     return arg, 1.0
 
 
-@app.command()
+@app.command(cls=Command)
 @friendly
 def apply(
     base: Annotated[str, typer.Argument(help="base model folder, file or cached model id")],
@@ -220,7 +235,7 @@ def apply(
     _summary(total.apply(base, out, out_dtype=out_dtype, options=options), quiet)
 
 
-@app.command()
+@app.command(cls=Command)
 @friendly
 def extract(
     base: Annotated[str, typer.Option("--base", help="the model that was fine-tuned")],
@@ -238,7 +253,7 @@ def extract(
         err.print(f"wrote task vector {path}", highlight=False)
 
 
-@app.command("inspect")
+@app.command("inspect", cls=Command)
 @friendly
 def inspect_command(
     vectors: Annotated[list[str], typer.Argument(help="fine-tuned models (need --base) and/or stored task vectors")],
@@ -273,7 +288,7 @@ def _refuse_overwriting_inputs(out: Path, paths: list[Path]) -> None:
             raise TaskvecError(f"{out}: is an input or contains one; write the report somewhere else")
 
 
-@app.command()
+@app.command(cls=Command)
 @friendly
 def methods():
     """List the merge methods with their parameters."""
@@ -293,7 +308,7 @@ def methods():
     Console().print(table)
 
 
-@app.command()
+@app.command(cls=Command)
 @friendly
 def version():
     """Print the version."""

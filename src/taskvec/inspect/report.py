@@ -142,20 +142,45 @@ def tables(report: InspectReport, full: bool = False) -> list[Table]:
     return out
 
 
+SHORT_LABEL = 4  # a label shortened this far ("ft-…") still starts like itself; header words shorten only then
+
+
 def column_widths(t: Table, width: int) -> list[int]:
-    """Widths that fit `t` in `width` terminal columns, giving up information in this order: numeric headers
-    wrap at spaces, then labels shorten, widest first; a number keeps its full width whatever the terminal."""
+    """Widths that fit `t` in `width` terminal columns, giving up information in this order: numeric headers wrap
+    at spaces; the widest labels shorten (to end in '…'), down to SHORT_LABEL; then labels and numeric header
+    words shorten together. A number keeps its full width whatever the terminal."""
     cells = [[cell_len(row[i]) for row in t.rows] for i in range(len(t.columns))]
     natural = [max([cell_len(name), *lens]) for name, lens in zip(t.columns, cells)]
     room = width - (3 * len(t.columns) + 1)  # each column: a border and one space of padding either side
     if sum(natural) <= room:
         return natural
-    numbers = [max([cell_len(word) for word in name.split()] + lens) for name, lens in zip(t.columns, cells)][t.labels:]
-    labels = natural[:t.labels]
-    cap = max(labels, default=0)
-    while cap > 1 and sum(min(w, cap) for w in labels) > room - sum(numbers):
+    numeric = range(t.labels, len(t.columns))
+    numbers = [max(lens, default=1) for lens in cells]
+    start = [max([cell_len(word) for word in name.split()] + lens) if i in numeric else w
+             for i, (name, lens, w) in enumerate(zip(t.columns, cells, natural))]
+    labels_first = [w if i in numeric else min(w, SHORT_LABEL) for i, w in enumerate(start)]
+    together = [n if i in numeric else 1 for i, n in enumerate(numbers)]
+    widths = capped(start, labels_first, room) or capped(start, together, room) or together  # too narrow: overflow
+    spare = room - sum(widths)
+    for i in numeric:  # unwrap the headers there is still room for
+        grow = natural[i] - widths[i]
+        if 0 < grow <= spare:
+            widths[i], spare = natural[i], spare - grow
+    return widths
+
+
+def capped(widths: list[int], floors: list[int], room: int) -> list[int] | None:
+    """`widths` with the widest cut down to a common cap, none below its floor, to fit `room`; None if the floors
+    alone don't fit."""
+    def cut(cap):
+        return [max(f, min(w, cap)) for w, f in zip(widths, floors)]
+
+    if sum(floors) > room:
+        return None
+    cap = max(widths)
+    while sum(cut(cap)) > room:
         cap -= 1
-    return [min(w, cap) for w in labels] + numbers
+    return cut(cap)
 
 
 def rich_table(t: Table, width: int) -> RichTable:
