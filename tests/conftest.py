@@ -78,3 +78,20 @@ def cli():
         return result.exit_code, output
 
     return invoke
+
+
+def ta_recipe(base, *models, weight=1.0, **extra):
+    """A task-arithmetic recipe over folders, every model at `weight`."""
+    from taskvec import parse_recipe
+
+    return parse_recipe({
+        "merge_method": "task_arithmetic", "base_model": str(base),
+        "models": [{"model": str(m), "parameters": {"weight": weight}} for m in models], **extra,
+    })
+
+
+def run(recipe, out, **kw):
+    """merge_recipe without progress output."""
+    from taskvec import MergeOptions, merge_recipe
+
+    return merge_recipe(recipe, out, MergeOptions(progress=False, **kw))

@@ -10,7 +10,7 @@ import torch
 import yaml
 from conftest import read_model, write_model
 
-from taskvec import MergeOptions, TaskvecError, merge_recipe, parse_recipe
+from taskvec import MergeOptions, merge_recipe, parse_recipe
 from taskvec.engine import kernels
 from taskvec.engine.fused import FusedMerger
 from taskvec.merge import describe_recipe, plan_recipe
@@ -130,7 +130,7 @@ def test_negative_weight_with_normalized_sign_election_warns(tmp_path):
     with pytest.warns(UserWarning, match="for negation use task_arithmetic"):
         result = merge_recipe(parse_recipe(data), tmp_path / "out", MergeOptions(progress=False))
     assert any("negative weight" in w for w in result.warnings)
-    out, base, ft = read_model(tmp_path / "out"), read_model(tmp_path / "base"), read_model(tmp_path / "ft0")
+    out, ft = read_model(tmp_path / "out"), read_model(tmp_path / "ft0")
     torch.testing.assert_close(out["model.layers.0.w"], ft["model.layers.0.w"])  # the sign came back: +tau
 
 

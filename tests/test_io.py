@@ -8,22 +8,11 @@ import sys
 
 import pytest
 import torch
-from conftest import read_model, toy_tensors, write_model
+from conftest import read_model, run, ta_recipe, toy_tensors, write_model
 from safetensors import safe_open
 
-from taskvec import MergeOptions, TaskvecError, merge_recipe, parse_recipe
+from taskvec import TaskvecError
 from taskvec.io import ShardedWriter, open_checkpoint, parse_size
-
-
-def ta_recipe(base, *models, weight=1.0, **extra):
-    return parse_recipe({
-        "merge_method": "task_arithmetic", "base_model": str(base),
-        "models": [{"model": str(m), "parameters": {"weight": weight}} for m in models], **extra,
-    })
-
-
-def run(recipe, out, **kw):
-    return merge_recipe(recipe, out, MergeOptions(progress=False, **kw))
 
 
 def test_sharded_output_has_an_index_that_covers_every_tensor(tmp_path):

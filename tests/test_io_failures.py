@@ -12,25 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import read_model, toy_tensors, write_model
+from conftest import read_model, run, ta_recipe, toy_tensors, write_model
 from safetensors.torch import save_file
 
-from taskvec import MergeOptions, TaskvecError, merge_recipe, parse_recipe
+from taskvec import TaskvecError
 from taskvec.io import ShardedWriter, open_checkpoint
 from taskvec.io import writer as writer_module
 from taskvec.io.model_folder import aux_files, copy_aux_files, hub_id, model_card
 from taskvec.io.safetensors_file import read_header
-
-
-def ta_recipe(base, *models, weight=1.0, **extra):
-    return parse_recipe({
-        "merge_method": "task_arithmetic", "base_model": str(base),
-        "models": [{"model": str(m), "parameters": {"weight": weight}} for m in models], **extra,
-    })
-
-
-def run(recipe, out, **kw):
-    return merge_recipe(recipe, out, MergeOptions(progress=False, **kw))
 
 
 def raw_safetensors(path: Path, header: object, data: bytes = b"\0" * 64) -> Path:

@@ -12,7 +12,6 @@ Set TASKVEC_FUSED=0 to run everything through the reference path.
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 
