@@ -3,6 +3,7 @@ models + base, the report folder, and the errors."""
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -370,3 +371,16 @@ def test_terminal_tables_shorten_labels_never_numbers(tmp_path, width):
     console = Console(width=80, record=True)
     console.print(rich_table(tables(report)[0], 80))
     assert "ft-bbc-news-classifier" in console.export_text()  # a label is whole when there is room
+
+
+def test_taskvec_inspect_prints_every_number_whole_in_80_columns(tmp_path, cli, monkeypatch):
+    from taskvec.inspect.report import tables
+
+    report = long_named_report(tmp_path)
+    monkeypatch.setenv("COLUMNS", "80")
+    names = ["ft-bbc-news-classifier", "ft-imdb-sentiment-large", "ft-squad-v2-extractive-qa"]
+    _, output = cli("inspect", *(tmp_path / n for n in names), "--base", tmp_path / "base", "-q")
+    assert max(len(line) for line in output.splitlines()) <= 80
+    numbers = {cell for t in tables(report) for row in t.rows for cell in row
+               if re.fullmatch(r"-?[\d,.]+(e[+-]\d+)?%?", cell)}
+    assert len(numbers) > 20 and {n for n in numbers if n not in output} == set(), output

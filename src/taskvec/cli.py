@@ -19,7 +19,7 @@ from typer.core import TyperCommand, TyperGroup
 from . import __version__
 from .errors import TaskvecError
 
-try:  # typer >= 0.2x carries its own copy of click
+try:  # recent typer carries its own copy of click
     from typer._click.exceptions import ClickException
 except ImportError:  # pragma: no cover
     from click.exceptions import ClickException
@@ -38,7 +38,7 @@ warnings.formatwarning = _one_line_warning
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print `message` as one ``error:`` line; the caller raises the result (exit status 2)."""
+    """Print `message` as one ``error:`` line; the caller raises the result (exit status `code`)."""
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
@@ -114,6 +114,8 @@ def friendly(fn):
             return fn(*args, **kwargs)
         except TaskvecError as e:
             raise fail(str(e)) from None
+        except BrokenPipeError:  # `taskvec methods | head`: typer exits quietly
+            raise
         except OSError as e:
             raise fail(os_error_message(e)) from None
         except MemoryError:
