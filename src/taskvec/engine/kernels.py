@@ -12,15 +12,22 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from ..methods import NEAR_ZERO as NEAR_ZERO_DIVISOR
-from ..methods.sparsify import GAMMA, MIX1, MIX2
+from .. import methods
+from ..methods import sparsify
 
 # Per-model sparsifiers of the task-vector family (methods/generalized.py)
 KEEP_ALL, KEEP_MAGNITUDE, KEEP_RANDOM = 0, 1, 2
 # What happens to the survivors: nothing, or divided by the density (DARE)
 RESCALE_NONE, RESCALE_DIV = 0, 2
 CONSENSUS_NONE, CONSENSUS_SUM = 0, 1
-NEAR_ZERO = np.float32(NEAR_ZERO_DIVISOR)  # methods.NEAR_ZERO: a smaller divisor is taken as 1
+
+# Literals, not imports: numba freezes globals into its cached machine code and checks that cache only against this
+# file, so a constant changed in methods/ would leave stale kernels (another random stream, another divisor rule).
+# The check keeps the copies equal.
+GAMMA, MIX1, MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB  # sparsify's keyed draws
+NEAR_ZERO = np.float32(1e-8)  # methods.NEAR_ZERO: a smaller divisor is taken as 1
+if (GAMMA, MIX1, MIX2) != (sparsify.GAMMA, sparsify.MIX1, sparsify.MIX2) or NEAR_ZERO != np.float32(methods.NEAR_ZERO):
+    raise ImportError("engine/kernels.py's constants differ from methods/sparsify.py's or methods.NEAR_ZERO")
 
 
 def load(a, j):
