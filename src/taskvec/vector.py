@@ -9,7 +9,7 @@ An expression is a linear combination of terms; each term is "finetuned minus it
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -164,7 +164,8 @@ class TaskVector:
         plans = [TensorPlan(n, shapes[n], dtypes[n], store_dtype, read_bytes[n],
                             models=tuple(ModelArgs({"weight": c}) for c in coefs),
                             params={"lambda": 1.0, "normalize": False}) for n in shapes]
-        method = get_method("task_arithmetic")
+        # whole tensors, as before: each base tensor is then read once, and fingerprinted on that read
+        method = replace(get_method("task_arithmetic"), granularity="tensor")
         padded = [_ZeroWhereAbsent(inp, shapes) for inp in inputs]
         executor = ReferenceMerger(method, None, padded, torch.device(options.device), options.compute_dtype,
                                    needs_base=False, fingerprint=None, add_base=False)
