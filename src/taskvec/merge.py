@@ -209,14 +209,12 @@ def _job_memory(t: TensorPlan, reference: ReferenceMerger, fast: fused.FusedMerg
 def describe_recipe(recipe: Recipe | str | Path, options: MergeOptions | None = None) -> PlanView:
     """``taskvec merge --dry-run``: the plan as rows and totals, from headers alone; nothing is written."""
     options = options or MergeOptions()
-    with _opened(recipe) as run:
-        plan = make_plan(run.base, run.inputs, run.method, run.model_settings, run.global_settings, options,
-                         run.out_dtype)
-        reference = ReferenceMerger(run.method, run.base, plan.inputs, _device(options.device), options.compute_dtype,
-                                    run.base is not None, None)
-        fast = fused.FusedMerger(run.method, run.base, plan.inputs) if any(t.fused for t in plan.tensors) else None
-        return describe(plan, options.workers or default_workers(), options.memory_budget,
-                        lambda t: _job_memory(t, reference, fast))
+    plan = plan_recipe(recipe, options)
+    reference = ReferenceMerger(plan.method, plan.base, plan.inputs, _device(options.device), options.compute_dtype,
+                                plan.base is not None, None)
+    fast = fused.FusedMerger(plan.method, plan.base, plan.inputs) if any(t.fused for t in plan.tensors) else None
+    return describe(plan, options.workers or default_workers(), options.memory_budget,
+                    lambda t: _job_memory(t, reference, fast))
 
 
 def _deltas(base: Checkpoint, inputs: list[Input], name: str, rows, device) -> list[torch.Tensor]:

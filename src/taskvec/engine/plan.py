@@ -119,7 +119,7 @@ def plan_merge(
             plan = replace(plan, models=models, params=params)
             plan = replace(plan, fused=fusable(plan))
         tensors.append(plan)
-    _check_scope(method, tensors)
+    _check_scope(method, tensors, inputs)
     notes = [f"{method.name}: {label}: {text}" for label, text in advice.items()]
     for note in notes:
         warnings.warn(note)
@@ -159,7 +159,7 @@ def resolve(method: MergeMethod, name: str, num_layers: int, model_settings: lis
     return tuple(models), params
 
 
-def _check_scope(method: MergeMethod, tensors: list[TensorPlan]) -> None:
+def _check_scope(method: MergeMethod, tensors: list[TensorPlan], inputs: list[Input]) -> None:
     """trim_scope global ranks each whole task vector: one scope for every tensor, one density (and gamma) per
     model."""
     merged = [t for t in tensors if t.merge]
@@ -172,10 +172,10 @@ def _check_scope(method: MergeMethod, tensors: list[TensorPlan]) -> None:
     for key in ("density", "gamma"):
         if method.param(key) is None:
             continue
-        for i in range(len(merged[0].models)):
+        for i, inp in enumerate(inputs):
             values = {t.models[i][key] for t in merged}
             if len(values) > 1:
-                raise TaskvecError(f"{method.name}: trim_scope global needs one {key} per model, but model {i + 1} "
+                raise TaskvecError(f"{method.name}: trim_scope global needs one {key} per model, but {inp.label} "
                                    f"has {len(values)} different values across tensors (filters or gradients)")
 
 
