@@ -38,15 +38,14 @@ def enabled() -> bool:
 def runs(method: MergeMethod, base, inputs: list[Input], device: torch.device, compute_dtype: torch.dtype,
          fingerprint) -> bool:
     """Whether this run can use the kernels at all (per tensor, ``covers`` decides)."""
-    with_base = method.kernel is not None and method.kernel.kind != "weighted_models"
-    return (enabled() and method.kernel is not None and (base is not None or not with_base)
+    return (enabled() and method.kernel is not None and (base is not None or not method.kernel.uses_base)
             and device.type == "cpu" and compute_dtype == torch.float32 and fingerprint is None
             and all(type(i) is ModelInput for i in inputs))
 
 
 def covers(method: MergeMethod, plan: TensorPlan) -> bool:
     """Whether the kernels compute this tensor exactly as the method's reference function would."""
-    dtypes = plan.input_dtypes + ((plan.source_dtype,) if method.kernel.kind != "weighted_models" else ())
+    dtypes = plan.input_dtypes + ((plan.source_dtype,) if method.kernel.uses_base else ())
     return (all(d in KERNEL_DTYPES for d in dtypes) and plan.out_dtype in KERNEL_DTYPES
             and method.fused(plan.params, plan.models))
 
@@ -58,7 +57,7 @@ class FusedMerger:
         self.method, self.base, self.inputs = method, base, inputs
         self.kernel = method.kernel
         self.outputs = outputs or BufferPool(0)  # where results come from; the engine gives them back once written
-        self._with_base = self.kernel.kind != "weighted_models"  # linear: the models alone (a base is one of them)
+        self._with_base = self.kernel.uses_base  # linear: the models alone (a base, if any, is one of them)
         self._local = threading.local()  # per worker thread: one reusable read buffer per checkpoint
 
     def memory(self, plan: TensorPlan) -> int:

@@ -127,6 +127,11 @@ class Kernel:
     sparsifier: Literal["all", "magnitude", "random"] = "all"
     consensus: bool = False
 
+    @property
+    def uses_base(self) -> bool:
+        """Whether the kernel reads the base (task vectors); linear's averages the models alone."""
+        return self.kind != "weighted_models"
+
     def covers(self, fn: MethodFn, params: Mapping[str, Any], models: Sequence[ModelArgs]) -> bool:
         if fn is not self.reference:
             return False
