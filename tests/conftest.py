@@ -95,3 +95,15 @@ def run(recipe, out, **kw):
     from taskvec import MergeOptions, merge_recipe
 
     return merge_recipe(recipe, out, MergeOptions(progress=False, **kw))
+
+
+def sentence_transformers_base(folder: Path) -> Path:
+    """A model folder laid out as sentence-transformers saves one: config, tokenizer, modules.json and the
+    1_Pooling module folder it lists."""
+    base = write_model(folder, toy_tensors(0), config={"model_type": "toy", "torch_dtype": "float32"})
+    (base / "tokenizer.json").write_text("{}")
+    (base / "modules.json").write_text(json.dumps([{"idx": 1, "name": "1", "path": "1_Pooling",
+                                                    "type": "sentence_transformers.models.Pooling"}]))
+    (base / "1_Pooling").mkdir()
+    (base / "1_Pooling" / "config.json").write_text("{}")
+    return base

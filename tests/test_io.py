@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import read_model, run, ta_recipe, toy_tensors, write_model
+from conftest import read_model, run, sentence_transformers_base, ta_recipe, toy_tensors, write_model
 from safetensors import safe_open
 
 from taskvec import TaskvecError
@@ -119,12 +119,7 @@ def test_output_may_not_replace_an_input(tmp_path):
 
 
 def test_config_tokenizer_and_model_card_are_written(tmp_path):
-    base = write_model(tmp_path / "base", toy_tensors(0), config={"model_type": "toy", "torch_dtype": "float32"})
-    (base / "tokenizer.json").write_text("{}")
-    (base / "modules.json").write_text(json.dumps([{"idx": 1, "name": "1", "path": "1_Pooling",
-                                                    "type": "sentence_transformers.models.Pooling"}]))
-    (base / "1_Pooling").mkdir()
-    (base / "1_Pooling" / "config.json").write_text("{}")
+    base = sentence_transformers_base(tmp_path / "base")
     (base / "runs").mkdir()  # a subfolder modules.json does not list is not part of the model
     (base / "runs" / "events.txt").write_text("training log")
     ft = write_model(tmp_path / "ft", toy_tensors(1))

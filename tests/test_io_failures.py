@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import read_model, run, ta_recipe, toy_tensors, write_model
+from conftest import read_model, run, sentence_transformers_base, ta_recipe, toy_tensors, write_model
 from safetensors.torch import save_file
 
 from taskvec import TaskvecError
@@ -255,12 +255,7 @@ def test_an_input_removed_after_opening_is_reported(tmp_path):
 # --- 4. durability ----------------------------------------------------------------------------------------------
 
 def test_every_output_file_and_folder_is_fsynced_before_the_rename(tmp_path, monkeypatch):
-    base = write_model(tmp_path / "base", toy_tensors(0), config={"model_type": "toy", "torch_dtype": "float32"})
-    (base / "tokenizer.json").write_text("{}")
-    (base / "modules.json").write_text(json.dumps([{"idx": 1, "name": "1", "path": "1_Pooling",
-                                                    "type": "sentence_transformers.models.Pooling"}]))
-    (base / "1_Pooling").mkdir()
-    (base / "1_Pooling" / "config.json").write_text("{}")
+    base = sentence_transformers_base(tmp_path / "base")
     ft = write_model(tmp_path / "ft", toy_tensors(1))
     synced: list[str] = []
     real_fsync = os.fsync
