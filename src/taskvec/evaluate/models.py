@@ -33,11 +33,18 @@ def load_model(auto_class: str, folder: Path, weights: dict | None, device: str,
     """`auto_class` (e.g. AutoModelForCausalLM) from `folder`, then `weights` over it when given; in eval mode."""
     import transformers
 
+    from transformers.utils import logging
+
     cls = getattr(transformers, auto_class)
+    bar = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()  # a bar per task would bury the results table
     try:
         model, info = cls.from_pretrained(str(folder), output_loading_info=True)
     except Exception as e:
         raise TaskvecError(f"{where}: {folder} does not load as {auto_class} ({type(e).__name__}: {e})") from e
+    finally:
+        if bar:
+            logging.enable_progress_bar()
     if weights is not None:
         load_weights(model, weights, where)
     elif info.get("missing_keys") and auto_class != "AutoModel":
