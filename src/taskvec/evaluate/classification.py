@@ -18,7 +18,7 @@ def class_names(task: ClassificationTask, config, classes: int, where: str) -> l
         id2label = getattr(config, "id2label", None) or {}
         names = [str(id2label[i]) for i in sorted(id2label)] if id2label else []
         real = names and not all(re.fullmatch(r"LABEL_\d+", n) for n in names)
-        labels = names if real else sorted({label for _, label in task.rows})
+        labels = names if real else sorted({label for _, label in task._rows})
         check_labels(task, labels, where)
     if len(labels) != classes:
         raise TaskvecError(f"{where}: the model has {classes} classes but there are {len(labels)} labels "
@@ -57,9 +57,9 @@ def run_classification(task: ClassificationTask, folder, weights, device: str, w
         classes = model.config.num_labels
     labels = class_names(task, model.config, classes, where)
     index = {name: i for i, name in enumerate(labels)}
-    gold, pred = [index[label] for _, label in task.rows], []
-    for start in range(0, len(task.rows), task.batch_size):
-        texts = [text for text, _ in task.rows[start:start + task.batch_size]]
+    gold, pred = [index[label] for _, label in task._rows], []
+    for start in range(0, len(task._rows), task.batch_size):
+        texts = [text for text, _ in task._rows[start:start + task.batch_size]]
         batch = tokenizer(texts, padding=True, truncation=True, max_length=task.max_length, return_tensors="pt")
         batch = {k: v.to(device) for k, v in batch.items()}
         out = model(**batch)

@@ -13,7 +13,7 @@ from .tasks import LanguageModelingTask
 def encode(task: LanguageModelingTask, tokenizer, where: str) -> list[tuple[list[int], int]]:
     """Each example as (token ids, number of leading tokens not scored), truncated to max_length."""
     encoded = []
-    for example in task.examples:
+    for example in task._examples:
         if task.chat:
             if not getattr(tokenizer, "chat_template", None):
                 raise TaskvecError(f"{where}: chat: true needs a tokenizer with a chat template; this one has none")

@@ -47,7 +47,7 @@ def load_function(spec: str, folder: Path, where: str):
 
 def run_python(task, weights: dict, where: str) -> float:
     """Call the function; anything but a finite number is the user's to fix."""
-    value = task.fn(weights)
+    value = task._fn(weights)
     try:
         score = float(value)
     except (TypeError, ValueError):

@@ -58,7 +58,7 @@ def evaluate(model, tasks: Union[str, Path, list[Task]], *, model_folder: Union[
 
 
 def _run(task: Task, weights, folder, device: str, cache: dict) -> TaskResult:
-    where = f"task {task.name!r}"
+    where = task._where or f"task {task.name!r}"
     start = time.perf_counter()
     if isinstance(task, PythonTask):
         from .python_task import run_python

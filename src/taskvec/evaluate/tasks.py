@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from ..errors import TaskvecError
 from .data import read_rows, read_texts
@@ -24,6 +24,7 @@ class _Task(BaseModel):
     type: str
     weight: float = 1.0
     reference: Optional[float] = None
+    _where: str = PrivateAttr(default="")  # "tasks.yaml: task 'name'", for errors found while running
 
 
 class PythonTask(_Task):
@@ -31,7 +32,7 @@ class PythonTask(_Task):
 
     type: Literal["python"]
     function: str
-    fn: Any = Field(default=None, exclude=True)  # the loaded callable, set by load_tasks
+    _fn: Any = PrivateAttr(default=None)  # the loaded callable, set by parse_tasks
 
 
 class ClassificationTask(_Task):
@@ -45,7 +46,7 @@ class ClassificationTask(_Task):
     max_length: int = Field(default=128, gt=0)
     batch_size: int = Field(default=32, gt=0)
     head: Optional[Path] = None
-    rows: Any = Field(default=None, exclude=True)  # [(text, label)], set by load_tasks
+    _rows: Any = PrivateAttr(default=None)  # [(text, label)], set by parse_tasks
 
 
 class LanguageModelingTask(_Task):
@@ -54,7 +55,7 @@ class LanguageModelingTask(_Task):
     chat: bool = False
     max_length: int = Field(default=512, gt=0)
     batch_size: int = Field(default=8, gt=0)
-    examples: Any = Field(default=None, exclude=True)  # [str] or [(prompt, response)], set by load_tasks
+    _examples: Any = PrivateAttr(default=None)  # [str] or [(prompt, response)], set by parse_tasks
 
 
 Task = Union[PythonTask, ClassificationTask, LanguageModelingTask]
@@ -87,7 +88,8 @@ def parse_tasks(data: Any, folder: str | Path = ".", source: str = "tasks") -> l
         if task.name in names:
             raise TaskvecError(f"{source}: task {task.name!r} appears twice; give each task its own name")
         names.add(task.name)
-        _prepare(task, folder, f"{source}: task {task.name!r}")
+        task._where = f"{source}: task {task.name!r}"
+        _prepare(task, folder, task._where)
         tasks.append(task)
     return tasks
 
@@ -105,8 +107,8 @@ def _parse_task(raw: Any, i: int, source: str) -> Task:
     except ValidationError as e:
         err = e.errors()[0]
         field = ".".join(str(x) for x in err["loc"])
-        if err["type"] == "extra_forbidden" or field in ("fn", "rows", "examples"):
-            allowed = [f for f in _CLASSES[kind].model_fields if f not in ("fn", "rows", "examples")]
+        if err["type"] == "extra_forbidden":
+            allowed = list(_CLASSES[kind].model_fields)
             raise TaskvecError(f"{where}: unknown field {field!r}; a {kind} task takes {', '.join(allowed)}") from e
         if err["type"] == "missing":
             raise TaskvecError(f"{where}: missing required field {field!r}") from e
@@ -118,7 +120,7 @@ def _prepare(task: Task, folder: Path, where: str) -> None:
     if isinstance(task, PythonTask):
         from .python_task import load_function
 
-        task.fn = load_function(task.function, folder, where)
+        task._fn = load_function(task.function, folder, where)
         return
     task.data = _existing(folder / task.data, where, "data")
     if isinstance(task, ClassificationTask):
@@ -136,16 +138,16 @@ def _prepare(task: Task, folder: Path, where: str) -> None:
                                    f"splits found: {', '.join(found)}")
         if not rows:
             raise TaskvecError(f"{where}: {task.data.name} has no rows")
-        task.rows = [(str(r[task.text_column]), str(r[task.label_column])) for r in rows]
+        task._rows = [(str(r[task.text_column]), str(r[task.label_column])) for r in rows]
         if task.labels is not None:
             check_labels(task, task.labels, where)
     else:
-        task.examples = read_texts(task.data, task.chat, where)
+        task._examples = read_texts(task.data, task.chat, where)
 
 
 def check_labels(task: ClassificationTask, labels: list[str], where: str) -> None:
     """Every label in the data must be one of the model's classes, or the accuracy would be silently capped."""
-    unknown = sorted({label for _, label in task.rows} - set(labels))
+    unknown = sorted({label for _, label in task._rows} - set(labels))
     if unknown:
         raise TaskvecError(f"{where}: label {unknown[0]!r} in {task.data.name} is not in labels "
                            f"({', '.join(labels)}); add it to 'labels' or fix the data")
