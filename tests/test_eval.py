@@ -187,6 +187,15 @@ def test_classification_with_a_head_file_over_an_encoder(tmp_path):
     assert r.score == pytest.approx(2 / 5) and r.extra["macro_f1"] == pytest.approx((4 / 7) / 3)  # F1(c) = 2·2/(2·2+3+0); F1(a) = F1(b) = 0
 
 
+def test_classification_labels_as_numbers(tmp_path, classifier):
+    """JSONL labels 0/1 and YAML `labels: [0, 1]` compare as text; class 1 always wins."""
+    rows = [("good", 1), ("bad", 0), ("fine", 1)]
+    write(tmp_path / "data.jsonl", "".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows))
+    tasks = tasks_file(tmp_path, "  - {name: n, type: classification, data: data.jsonl, labels: [0, 1]}\n")
+    [r] = evaluate(classifier, tasks)
+    assert r.score == pytest.approx(2 / 3)
+
+
 def test_classification_folder_without_a_head_is_an_error(tmp_path):
     from transformers import BertModel
 
@@ -197,6 +206,26 @@ def test_classification_folder_without_a_head_is_an_error(tmp_path):
     tasks = tasks_file(tmp_path, "  - {name: s, type: classification, data: data.csv}\n")
     with pytest.raises(TaskvecError, match="task 's'.*classifier.*'head'"):
         evaluate(folder, tasks)
+
+
+def test_weights_in_memory_can_supply_the_head_the_folder_lacks(tmp_path, classifier):
+    """A headless encoder folder gives config and tokenizer; the candidate's classifier comes from the dict (and
+    tensors named without the 'bert.' prefix, as a bare encoder saves them, find their place)."""
+    from transformers import AutoModelForSequenceClassification, BertModel
+
+    folder = tmp_path / "encoder"
+    BertModel(bert_config(num_labels=2, id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1})
+              ).save_pretrained(folder)
+    tokenizer(folder).save_pretrained(folder)
+    full = AutoModelForSequenceClassification.from_pretrained(classifier).state_dict()
+    weights = {n.removeprefix("bert."): t for n, t in full.items()}
+    write(tmp_path / "data.csv", SENTIMENT)
+    tasks = tasks_file(tmp_path, "  - {name: s, type: classification, data: data.csv, split_column: split,"
+                                 " split: test}\n")
+    [r] = evaluate(weights, tasks, model_folder=folder)
+    assert r.score == pytest.approx(4 / 6)
+    with pytest.raises(TaskvecError, match="lacks classifier"):
+        evaluate({n: t for n, t in weights.items() if not n.startswith("classifier")}, tasks, model_folder=folder)
 
 
 @pytest.fixture

@@ -45,18 +45,18 @@ def load_model(auto_class: str, folder: Path, weights: dict | None, device: str,
     finally:
         if bar:
             logging.enable_progress_bar()
-    if weights is not None:
-        load_weights(model, weights, where)
-    elif info.get("missing_keys") and auto_class != "AutoModel":
-        missing = sorted(info["missing_keys"])
+    given = load_weights(model, weights, where) if weights is not None else set()
+    missing = sorted(set(info.get("missing_keys") or ()) - given)
+    if missing and auto_class != "AutoModel":
         raise TaskvecError(f"{where}: {folder} lacks {missing[0]} ({len(missing)} tensors missing) for "
                            f"{auto_class}; give the task a 'head' file or use a folder with its head")
     return model.to(device).eval()
 
 
-def load_weights(model, weights: dict, where: str) -> None:
+def load_weights(model, weights: dict, where: str) -> set[str]:
     """Copy `weights` into `model`. Names as saved on disk may carry the base model's prefix (``bert.``) or lack it;
-    tensors the dict lacks keep the folder's values (a merge may leave out what it did not change)."""
+    tensors the dict lacks keep the folder's values (a merge may leave out what it did not change). Returns the
+    model's names that were given."""
     own = set(model.state_dict())
     prefix = getattr(model, "base_model_prefix", "") + "."
     renamed = {}
@@ -74,3 +74,4 @@ def load_weights(model, weights: dict, where: str) -> None:
         model.load_state_dict(renamed, strict=False)
     except RuntimeError as e:
         raise TaskvecError(f"{where}: the weights do not fit the folder's model: {' '.join(str(e).split())[:300]}") from e
+    return set(renamed)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from ..errors import TaskvecError
 from .data import read_rows, read_texts
@@ -47,6 +47,14 @@ class ClassificationTask(_Task):
     batch_size: int = Field(default=32, gt=0)
     head: Optional[Path] = None
     _rows: Any = PrivateAttr(default=None)  # [(text, label)], set by parse_tasks
+
+    @field_validator("labels", "split", mode="before")
+    @classmethod
+    def _as_text(cls, value):
+        """Labels and splits compare as text, as read from CSV: `labels: [0, 1]` matches a JSONL label 0."""
+        if isinstance(value, list):
+            return [str(v) if isinstance(v, (int, float)) else v for v in value]
+        return str(value) if isinstance(value, (int, float)) else value
 
 
 class LanguageModelingTask(_Task):
