@@ -184,7 +184,8 @@ def test_classification_with_a_head_file_over_an_encoder(tmp_path):
     tasks = tasks_file(tmp_path, "  - {name: abc, type: classification, data: data.jsonl, text_column: sentence,"
                                  " label_column: y, labels: [a, b, c], head: encoder/head.safetensors}\n")
     [r] = evaluate(folder, tasks)
-    assert r.score == pytest.approx(2 / 5) and r.extra["macro_f1"] == pytest.approx((4 / 7) / 3)  # F1(c) = 2·2/(2·2+3+0); F1(a) = F1(b) = 0
+    # always 'c': 2 of 5 right; F1(c) = 2·2 / (2·2 + 3 + 0) = 4/7, F1(a) = F1(b) = 0
+    assert r.score == pytest.approx(2 / 5) and r.extra["macro_f1"] == pytest.approx((4 / 7) / 3)
 
 
 def test_classification_labels_as_numbers(tmp_path, classifier):
@@ -349,3 +350,14 @@ def test_transformers_task_without_a_folder_says_so(tmp_path):
     tasks = load_tasks(tasks_file(tmp_path, "  - {name: s, type: classification, data: data.csv}\n"))
     with pytest.raises(TaskvecError, match="task 's'.*model_folder"):
         evaluate({"x": torch.zeros(1)}, tasks)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_scores_match_the_cpu(tmp_path, classifier, llama):
+    write(tmp_path / "data.csv", SENTIMENT)
+    write(tmp_path / "text.txt", "the movie is very good\nhello world\n")
+    tasks = tasks_file(tmp_path, "  - {name: lm, type: language_modeling, data: text.txt}\n")
+    [cpu], [gpu] = evaluate(llama, tasks), evaluate(llama, tasks, device="cuda")
+    assert gpu.extra["nll"] == pytest.approx(cpu.extra["nll"], rel=1e-4)
+    tasks = tasks_file(tmp_path, "  - {name: s, type: classification, data: data.csv}\n")
+    assert evaluate(classifier, tasks, device="cuda")[0].score == pytest.approx(4 / 9)

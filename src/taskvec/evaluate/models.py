@@ -73,5 +73,6 @@ def load_weights(model, weights: dict, where: str) -> set[str]:
     try:
         model.load_state_dict(renamed, strict=False)
     except RuntimeError as e:
-        raise TaskvecError(f"{where}: the weights do not fit the folder's model: {' '.join(str(e).split())[:300]}") from e
+        detail = " ".join(str(e).split())[:300]
+        raise TaskvecError(f"{where}: the weights do not fit the folder's model: {detail}") from e
     return set(renamed)
