@@ -290,6 +290,66 @@ def _refuse_overwriting_inputs(out: Path, paths: list[Path]) -> None:
             raise TaskvecError(f"{out}: is an input or contains one; write the report somewhere else")
 
 
+@app.command("eval", cls=Command)
+@friendly
+def eval_command(
+    model: Annotated[Path, typer.Argument(help="model folder to score")],
+    tasks: Annotated[Path, typer.Option("--tasks", "-t", help="tasks file (YAML): python, classification, "
+                                        "language_modeling tasks")],
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the results as JSON here")] = None,
+    device: Annotated[str, typer.Option("--device", help="where the model runs: cpu, cuda, cuda:1")] = "cpu",
+):
+    """Score a model folder on the tasks of a tasks file; print task, metric, score and normalized score."""
+    from .evaluate import evaluate, load_tasks, summary
+
+    task_list = load_tasks(tasks)  # a bad tasks file fails here, before any model loads
+    results = evaluate(model, task_list, device=device)
+    _print_results(results, summary(results))
+    if json_out is not None:
+        _write_json(json_out, {
+            "model": str(model), "tasks_file": str(tasks), "device": device,
+            "results": [r.to_dict() for r in results], "summary": summary(results),
+        })
+        err.print(f"wrote {json_out}", highlight=False)
+
+
+def _print_results(results, means: dict) -> None:
+    """The table holds one number per task, so it fits 80 columns; the other metrics follow, one line per task."""
+    from rich.table import Table
+
+    table = Table(title="evaluation", title_justify="left")
+    for col in ("task", "metric", "score", "normalized", "examples", "seconds"):
+        table.add_column(col, no_wrap=col != "task", overflow="fold")  # numbers are never cut
+    for r in results:
+        table.add_row(r.name, r.metric, f"{r.score:.6g}", "-" if r.normalized is None else f"{r.normalized:.4f}",
+                      str(r.examples), f"{r.seconds:.1f}")
+    console = Console()
+    console.print(table)
+    for r in results:
+        other = [f"{k}={v:.6g}" for k, v in r.extra.items() if k != r.metric]
+        if other:
+            console.print(f"{r.name}: {' '.join(other)}", highlight=False)
+    line = f"weighted mean score {means['mean_score']:.6g}"
+    if means["mean_normalized"] is not None:
+        line += f", weighted mean normalized {means['mean_normalized']:.4f}"
+    if any(r.metric == "neg_nll" for r in results):
+        line += " (neg_nll = -nll per token: higher is better)"
+    console.print(line, highlight=False)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Write beside the target, then rename: a failure never leaves half a file under the name."""
+    import json
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 @app.command(cls=Command)
 @friendly
 def methods():
