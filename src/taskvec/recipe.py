@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from .dtypes import parse_dtype
 from .errors import TaskvecError
 from .methods import MergeMethod, get_method
+from .yaml_file import read_yaml
 
 
 class ModelSpec(BaseModel):
@@ -45,13 +46,7 @@ class Recipe(BaseModel):
 
 def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise TaskvecError(f"{path}: cannot read recipe ({e.strerror or e})") from e
-    except yaml.YAMLError as e:
-        raise TaskvecError(f"{path}: invalid YAML: {e}") from e
-    return parse_recipe(data, str(path))
+    return parse_recipe(read_yaml(path, "recipe"), str(path))
 
 
 def parse_recipe(data: Any, source: str = "recipe") -> Recipe:

@@ -8,10 +8,10 @@ here, as one TaskvecError line naming the file, the task and the field.
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from ..errors import TaskvecError
+from ..yaml_file import read_yaml
 from .data import read_rows, read_texts
 
 TYPES = ("python", "classification", "language_modeling")
@@ -73,13 +73,7 @@ _CLASSES = {"python": PythonTask, "classification": ClassificationTask, "languag
 def load_tasks(path: str | Path) -> list[Task]:
     """Read and check a tasks file; paths in it are relative to its folder."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise TaskvecError(f"{path}: cannot read tasks file ({e.strerror or e})") from e
-    except yaml.YAMLError as e:
-        raise TaskvecError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from e
-    return parse_tasks(data, path.parent, str(path))
+    return parse_tasks(read_yaml(path, "tasks file"), path.parent, str(path))
 
 
 def parse_tasks(data: Any, folder: str | Path = ".", source: str = "tasks") -> list[Task]:
