@@ -18,7 +18,7 @@ def class_names(task: ClassificationTask, config, classes: int, where: str) -> l
         id2label = getattr(config, "id2label", None) or {}
         names = [str(id2label[i]) for i in sorted(id2label)] if id2label else []
         real = names and not all(re.fullmatch(r"LABEL_\d+", n) for n in names)
-        labels = names if real else sorted({label for _, label in task._rows})
+        labels = names if real else list(task._label_set)
         check_labels(task, labels, where)
     if len(labels) != classes:
         raise TaskvecError(f"{where}: the model has {classes} classes but there are {len(labels)} labels "

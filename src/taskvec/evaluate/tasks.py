@@ -42,13 +42,16 @@ class ClassificationTask(_Task):
     label_column: str = "label"
     split_column: Optional[str] = None
     split: Optional[str] = None
+    tune_split: Optional[str] = None  # the split `taskvec tune` optimises on; `split` stays held out
     labels: Optional[list[str]] = None
     max_length: int = Field(default=128, gt=0)
     batch_size: int = Field(default=32, gt=0)
     head: Optional[Path] = None
     _rows: Any = PrivateAttr(default=None)  # [(text, label)], set by parse_tasks
+    _tune_rows: Any = PrivateAttr(default=None)  # the same for tune_split, when given
+    _label_set: Any = PrivateAttr(default=None)  # sorted distinct labels of both splits: one class order for both
 
-    @field_validator("labels", "split", mode="before")
+    @field_validator("labels", "split", "tune_split", mode="before")
     @classmethod
     def _as_text(cls, value):
         """Labels and splits compare as text, as read from CSV: `labels: [0, 1]` matches a JSONL label 0."""
@@ -60,10 +63,12 @@ class ClassificationTask(_Task):
 class LanguageModelingTask(_Task):
     type: Literal["language_modeling"]
     data: Path
+    tune_data: Optional[Path] = None  # what `taskvec tune` optimises on; `data` stays held out
     chat: bool = False
     max_length: int = Field(default=512, gt=0)
     batch_size: int = Field(default=8, gt=0)
     _examples: Any = PrivateAttr(default=None)  # [str] or [(prompt, response)], set by parse_tasks
+    _tune_examples: Any = PrivateAttr(default=None)  # the same for tune_data, when given
 
 
 Task = Union[PythonTask, ClassificationTask, LanguageModelingTask]
@@ -130,26 +135,60 @@ def _prepare(task: Task, folder: Path, where: str) -> None:
             task.head = _existing(folder / task.head, where, "head")
         if (task.split is None) != (task.split_column is None):
             raise TaskvecError(f"{where}: give both 'split_column' and 'split', or neither")
+        if task.tune_split is not None and task.split_column is None:
+            raise TaskvecError(f"{where}: 'tune_split' needs 'split_column' and 'split' (the held-out split)")
         columns = [task.text_column, task.label_column] + ([task.split_column] if task.split_column else [])
         rows = read_rows(task.data, columns, where)
-        if task.split is not None:
-            found = sorted({str(r[task.split_column]) for r in rows})
-            rows = [r for r in rows if str(r[task.split_column]) == task.split]
-            if not rows:
-                raise TaskvecError(f"{where}: split {task.split!r} of {task.data.name} has no rows; "
-                                   f"splits found: {', '.join(found)}")
-        if not rows:
-            raise TaskvecError(f"{where}: {task.data.name} has no rows")
-        task._rows = [(str(r[task.text_column]), str(r[task.label_column])) for r in rows]
+        task._rows = _split_rows(task, rows, task.split, where)
+        if task.tune_split is not None:
+            if task.tune_split == task.split:
+                raise TaskvecError(f"{where}: tune_split and split are both {task.split!r}; tuning on the held-out "
+                                   f"split would make its score meaningless")
+            task._tune_rows = _split_rows(task, rows, task.tune_split, where)
+        task._label_set = sorted({label for _, label in task._rows + (task._tune_rows or [])})
         if task.labels is not None:
             check_labels(task, task.labels, where)
     else:
         task._examples = read_texts(task.data, task.chat, where)
+        if task.tune_data is not None:
+            task.tune_data = _existing(folder / task.tune_data, where, "tune_data")
+            task._tune_examples = read_texts(task.tune_data, task.chat, where)
+
+
+def _split_rows(task: ClassificationTask, rows: list[dict], split: str | None, where: str) -> list[tuple[str, str]]:
+    """(text, label) of the rows in `split` (all rows when None); an empty split is an error naming those found."""
+    if split is not None:
+        found = sorted({str(r[task.split_column]) for r in rows})
+        rows = [r for r in rows if str(r[task.split_column]) == split]
+        if not rows:
+            raise TaskvecError(f"{where}: split {split!r} of {task.data.name} has no rows; "
+                               f"splits found: {', '.join(found)}")
+    if not rows:
+        raise TaskvecError(f"{where}: {task.data.name} has no rows")
+    return [(str(r[task.text_column]), str(r[task.label_column])) for r in rows]
+
+
+def tuning_view(task: Task) -> Task:
+    """The task as `taskvec tune` scores candidates: on its tuning data (tune_split / tune_data) when it has some,
+    else on its own data. Python tasks score the same either way."""
+    view = task.model_copy()
+    for attr in ("_where", "_fn", "_rows", "_examples", "_label_set"):
+        if hasattr(task, attr):
+            setattr(view, attr, getattr(task, attr))
+    if isinstance(task, ClassificationTask) and task._tune_rows is not None:
+        view._rows = task._tune_rows
+    if isinstance(task, LanguageModelingTask) and task._tune_examples is not None:
+        view._examples = task._tune_examples
+    return view
+
+
+def has_tuning_data(task: Task) -> bool:
+    return getattr(task, "_tune_rows", None) is not None or getattr(task, "_tune_examples", None) is not None
 
 
 def check_labels(task: ClassificationTask, labels: list[str], where: str) -> None:
     """Every label in the data must be one of the model's classes, or the accuracy would be silently capped."""
-    unknown = sorted({label for _, label in task._rows} - set(labels))
+    unknown = sorted(set(task._label_set) - set(labels))
     if unknown:
         raise TaskvecError(f"{where}: label {unknown[0]!r} in {task.data.name} is not in labels "
                            f"({', '.join(labels)}); add it to 'labels' or fix the data")
