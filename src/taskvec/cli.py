@@ -313,6 +313,66 @@ def eval_command(
         err.print(f"wrote {json_out}", highlight=False)
 
 
+@app.command("tune", cls=Command)
+@friendly
+def tune_command(
+    recipe: Annotated[Path, typer.Argument(help="recipe whose values may be {search: [lo, hi]} or {choices: [...]}")],
+    tasks: Annotated[Path, typer.Option("--tasks", "-t", help="tasks file (YAML) that scores the candidates")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="where the best recipe goes (YAML); its trace, plot and "
+                                      "study sit beside it")],
+    search: Annotated[str, typer.Option("--search", help="grid, tpe or cmaes")] = "tpe",
+    trials: Annotated[Optional[int], typer.Option("--trials", "-n", help="candidates to try (tpe, cmaes; default "
+                                                  "30); a grid tries all of its points")] = None,
+    grid_points: Annotated[int, typer.Option("--grid-points", help="points per searched range in a grid")] = 5,
+    merge_out: Annotated[Optional[Path], typer.Option("--merge", help="also write the best merge here")] = None,
+    workers: Annotated[int, typer.Option("--workers", "-j", help="score candidates on K Ray workers")] = 1,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="a running Ray cluster "
+                                                       "(default: a local Ray when --workers > 1)")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the sampler")] = 0,
+    device: Annotated[str, typer.Option("--device", help="where candidates are scored: cpu, cuda")] = "cpu",
+    study: Annotated[Optional[Path], typer.Option("--study", help="Optuna SQLite file (default: beside --out); "
+                                                  "the same command resumes it")] = None,
+    force: Force = False,
+    quiet: Quiet = False,
+):
+    """Pick a recipe's coefficients (any searched value) on the tasks' tuning data; write the best recipe."""
+    from .tune.search import TuneOptions, tune
+
+    if merge_out is not None and merge_out.exists() and not force:
+        raise TaskvecError(f"{merge_out}: already exists; pass --force to replace it")
+    options = TuneOptions(search=search, trials=trials, grid_points=grid_points, seed=seed, workers=workers,
+                          ray_address=ray_address, device=device, study=study, progress=not quiet)
+    result = tune(recipe, tasks, out, options)
+    _print_tune(result)
+    if merge_out is not None:  # exactly `taskvec merge best.yaml --out DIR`
+        from .merge import merge_recipe
+
+        _summary(merge_recipe(result.files["recipe"], merge_out, _options("5GB", None, "cpu", "float32", force,
+                                                                          False, quiet)), quiet)
+
+
+def _print_tune(result) -> None:
+    from rich.table import Table
+
+    from .tune.search import _show
+
+    console = Console()
+    tuned = next(t for t in result.trials if t["values"] == result.best_values)
+    table = Table(title=f"best: {_show(result.best_values)}", title_justify="left")
+    for col in ("task", "metric", "tuning score", "held-out score", "held-out normalized"):
+        table.add_column(col, no_wrap=col != "task", overflow="fold")
+    for r in result.held_out["results"]:
+        table.add_row(r["name"], r["metric"], f"{tuned['scores'].get(r['name'], float('nan')):.6g}",
+                      f"{r['score']:.6g}", "-" if r["normalized"] is None else f"{r['normalized']:.4f}")
+    console.print(table)
+    held = result.held_out["summary"]
+    console.print(f"{result.objective_name}: {result.objective:.4f} tuning, "
+                  f"{held['mean_normalized'] if held['mean_normalized'] is not None else held['mean_score']:.4f} "
+                  f"held out", highlight=False)
+    for kind, path in result.files.items():
+        err.print(f"wrote {kind.replace('_', ' ')}: {path}", highlight=False)
+
+
 def _print_results(results, means: dict) -> None:
     """The table holds one number per task, so it fits 80 columns; the other metrics follow, one line per task."""
     from rich.table import Table
@@ -338,16 +398,11 @@ def _print_results(results, means: dict) -> None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    """Write beside the target, then rename: a failure never leaves half a file under the name."""
     import json
-    import os
 
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from .text_files import write_atomic
+
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 @app.command(cls=Command)

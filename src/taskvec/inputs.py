@@ -122,9 +122,9 @@ def read_manifest(folder: Path) -> dict:
     return manifest
 
 
-def open_input(ref: str, search_dirs: tuple[Path, ...] = ()) -> Input:
-    """A model or stored task vector by path or cached model id."""
+def open_input(ref: str, search_dirs: tuple[Path, ...] = (), opener=None) -> Input:
+    """A model or stored task vector by path or cached model id; `opener` (like open_checkpoint) opens models."""
     for candidate in [Path(ref).expanduser()] + [d / ref for d in search_dirs]:
         if is_task_vector(candidate):
             return StoredVectorInput(candidate, label=ref)
-    return ModelInput(open_checkpoint(ref, search_dirs), label=ref)
+    return ModelInput((opener or open_checkpoint)(ref, search_dirs), label=ref)

@@ -6,6 +6,7 @@ is the shared core that the ``TaskVector`` API and ``taskvec apply`` use too.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -90,8 +91,10 @@ class _Run:
 
 
 @contextmanager
-def _opened(recipe: Recipe | str | Path) -> Iterator[_Run]:
-    """A recipe validated and its checkpoints opened (headers only); closed on exit."""
+def _opened(recipe: Recipe | str | Path, opener=None) -> Iterator[_Run]:
+    """A recipe validated and its checkpoints opened (headers only; or by ``opener(ref, search_dirs)``, which may
+    hand out checkpoints held in memory); closed on exit."""
+    opener = opener or open_checkpoint
     search: tuple[Path, ...] = ()
     if not isinstance(recipe, Recipe):
         search = (Path(recipe).resolve().parent,)
@@ -103,15 +106,15 @@ def _opened(recipe: Recipe | str | Path) -> Iterator[_Run]:
         if recipe.base_model:
             if any(is_task_vector(d / recipe.base_model) for d in (Path("."),) + search):
                 raise TaskvecError(f"base_model {recipe.base_model}: is a task vector; the base must be a model")
-            base = open_checkpoint(recipe.base_model, search)
+            base = opener(recipe.base_model, search)
         specs = input_specs(recipe, method, search)
         for s in specs:
-            inputs.append(open_input(s.model, search))
+            inputs.append(open_input(s.model, search, opener))
         if base is None and any(isinstance(i, StoredVectorInput) for i in inputs):
             raise TaskvecError(f"{method.name}: a task vector among 'models' needs a base_model to be added to")
         tokenizer_folder = None
         if recipe.tokenizer_source not in (None, "base"):
-            tokenizer_folder = open_checkpoint(recipe.tokenizer_source, search).folder
+            tokenizer_folder = opener(recipe.tokenizer_source, search).folder
         out_dtype = recipe.out_dtype or recipe.dtype
         yield _Run(recipe, method, base, inputs, [s.parameters or {} for s in specs], recipe.parameters or {},
                    parse_dtype(out_dtype) if out_dtype else None, tokenizer_folder)
@@ -146,9 +149,92 @@ def merge_inputs(
     tokenizer_folder: Path | None = None,
 ) -> MergeResult:
     """Merge ``inputs`` into ``base`` with ``method``; settings are recipe-style (scalars, gradients, filters)."""
+    _refuse_overwriting_inputs(out, [base] if base else [], inputs)
+    run = _prepare(base, inputs, method, model_settings, global_settings, options, out_dtype)
+    reference_checkpoint = base if base is not None else run.plan.inputs[0].checkpoint
+    specs = [(t.name, t.out_dtype, t.shape) for t in run.plan.tensors]
+    with ShardedWriter(out, specs, options.shard_size, force=options.force) as writer:
+        copy_aux_files(writer, reference_checkpoint, tokenizer_folder, dtype_name(out_dtype) if out_dtype else None)
+        if card:
+            writer.write_text("README.md", card)
+        stats, notes = run.execute(writer)
+        path = writer.commit()
+    return MergeResult(path, stats, notes)
+
+
+def merge_to_memory(recipe: Recipe | str | Path, options: MergeOptions | None = None, opener=None,
+                    into: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The merged model as a dict name -> tensor, computed exactly as ``merge_recipe`` would write it (same plan,
+    same executors, so the same bits), without writing anything. ``opener(ref, search_dirs)`` may supply
+    checkpoints (a tuner passes ones held in memory); ``into`` is a previous result whose tensors are overwritten
+    in place instead of allocating a new model."""
+    options = options or MergeOptions(progress=False)
+    with _opened(recipe, opener) as run:
+        prepared = _prepare(run.base, run.inputs, run.method, run.model_settings, run.global_settings, options,
+                            run.out_dtype)
+        writer = MemoryWriter(into)
+        prepared.execute(writer)
+    return writer.tensors
+
+
+class MemoryWriter:
+    """What the engine writes a merged tensor to, kept in memory: a copy (an executor may reuse its buffer)."""
+
+    def __init__(self, into: dict[str, torch.Tensor] | None = None):
+        self.tensors = into if into is not None else {}
+        self._lock = threading.Lock()
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        old = self.tensors.get(name)
+        if old is not None and old.shape == tensor.shape and old.dtype == tensor.dtype:
+            old.copy_(tensor)
+            return
+        copy = tensor.clone()
+        with self._lock:
+            self.tensors[name] = copy
+
+
+@dataclass
+class _Prepared:
+    """A planned merge and its executors, ready to stream into a writer."""
+
+    plan: MergePlan
+    jobs: list[Job]
+    method: MergeMethod
+    options: MergeOptions
+    workers: int
+    single_threaded: bool
+    fingerprint: Fingerprinter | None
+    expected: set
+    base_label: str | None
+
+    def execute(self, writer) -> tuple[RunStats, list[str]]:
+        # block-parallel elementwise work runs best one thread per worker; statistics (TIES) use torch's own threads
+        threads = torch.get_num_threads()
+        if self.single_threaded:
+            torch.set_num_threads(1)
+        try:
+            stats = execute(self.jobs, writer, self.workers, label=self.method.name, progress=self.options.progress,
+                            memory_budget=self.options.memory_budget)
+        finally:
+            torch.set_num_threads(threads)
+        notes = list(self.plan.warnings)
+        if self.fingerprint is not None and self.fingerprint.hexdigest() not in self.expected:
+            notes.append(
+                f"the task vector(s) were extracted from a base with fingerprint {', '.join(sorted(self.expected))}, "
+                f"and {self.base_label} is not that base ({self.fingerprint.hexdigest()}): fine for a model "
+                "fine-tuned from it (adding a colleague's skill to your model) or the same weights in another dtype, "
+                "meaningless for an unrelated model"
+            )
+            warnings.warn(notes[-1])
+        return stats, notes
+
+
+def _prepare(base: Checkpoint | None, inputs: list[Input], method: MergeMethod, model_settings: list[dict],
+             global_settings: dict, options: MergeOptions, out_dtype: torch.dtype | None) -> _Prepared:
+    """Plan the merge (with whole-vector selections, when asked) and make one job per output tensor."""
     device = _device(options.device)
     workers = options.workers or default_workers()
-    _refuse_overwriting_inputs(out, [base] if base else [], inputs)
     expected = {i.manifest.get("base", {}).get("fingerprint") for i in inputs if isinstance(i, StoredVectorInput)}
     expected.discard(None)
     fingerprint = Fingerprinter() if expected and base is not None else None
@@ -172,31 +258,9 @@ def merge_inputs(
             return Job(t.name, t.shape, t.out_dtype, t.read_bytes, lambda: fast.merge(t), memory, fast.outputs.give)
         return Job(t.name, t.shape, t.out_dtype, t.read_bytes, lambda: reference.merge(t), memory)
 
-    reference_checkpoint = base if base is not None else inputs[0].checkpoint
-    specs = [(t.name, t.out_dtype, t.shape) for t in plan.tensors]
-    with ShardedWriter(out, specs, options.shard_size, force=options.force) as writer:
-        copy_aux_files(writer, reference_checkpoint, tokenizer_folder, dtype_name(out_dtype) if out_dtype else None)
-        if card:
-            writer.write_text("README.md", card)
-        # block-parallel elementwise work runs best one thread per worker; statistics (TIES) use torch's own threads
-        threads = torch.get_num_threads()
-        if (method.streaming or fast is not None) and workers > 1:
-            torch.set_num_threads(1)
-        try:
-            stats = execute([job(t) for t in plan.tensors], writer, workers, label=method.name,
-                            progress=options.progress, memory_budget=options.memory_budget)
-        finally:
-            torch.set_num_threads(threads)
-        notes = list(plan.warnings)
-        if fingerprint is not None and fingerprint.hexdigest() not in expected:
-            notes.append(
-                f"the task vector(s) were extracted from a base with fingerprint {', '.join(sorted(expected))}, and "
-                f"{base.label} is not that base ({fingerprint.hexdigest()}): fine for a model fine-tuned from it (adding "
-                "a colleague's skill to your model) or the same weights in another dtype, meaningless for an unrelated model"
-            )
-            warnings.warn(notes[-1])
-        path = writer.commit()
-    return MergeResult(path, stats, notes)
+    single = (method.streaming or fast is not None) and workers > 1
+    return _Prepared(plan, [job(t) for t in plan.tensors], method, options, workers, single, fingerprint, expected,
+                     base.label if base is not None else None)
 
 
 def _job_memory(t: TensorPlan, reference: ReferenceMerger, fast: fused.FusedMerger | None) -> int:

@@ -6,7 +6,7 @@ import re
 import torch
 
 from ..errors import TaskvecError
-from .models import load_model, load_tokenizer
+from .models import Models
 from .tasks import ClassificationTask, check_labels
 
 
@@ -38,37 +38,65 @@ def macro_f1(gold: list[int], pred: list[int], classes: int) -> float:
     return sum(scores) / len(scores)
 
 
-@torch.no_grad()
-def run_classification(task: ClassificationTask, folder, weights, device: str, where: str):
-    """-> (accuracy, {"accuracy", "macro_f1"}, examples)."""
-    from safetensors.torch import load_file
+def length_sorted_batches(tokenizer, texts: list[str], batch_size: int, max_length: int) -> list[tuple]:
+    """(row indices, tokenized batch) with texts of similar length together: scoring a candidate then spends little
+    on padding. Tokenized once; every candidate reuses the batches."""
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
+    order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))
+    batches = []
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=max_length,
+                          return_tensors="pt")
+        batches.append((rows, dict(batch)))
+    return batches
 
-    tokenizer = load_tokenizer(folder)
-    if task.head is not None:
-        model = load_model("AutoModel", folder, weights, device, where)
-        head = load_file(str(task.head))
-        if set(head) != {"weight", "bias"}:
-            raise TaskvecError(f"{where}: head {task.head} must hold exactly 'weight' and 'bias'; "
-                               f"it holds {', '.join(sorted(head))}")
-        w, b = head["weight"].float().to(device), head["bias"].float().to(device)
-        classes = w.shape[0]
-    else:
-        model = load_model("AutoModelForSequenceClassification", folder, weights, device, where)
-        classes = model.config.num_labels
-    labels = class_names(task, model.config, classes, where)
-    index = {name: i for i, name in enumerate(labels)}
-    gold, pred = [index[label] for _, label in task._rows], []
-    for start in range(0, len(task._rows), task.batch_size):
-        texts = [text for text, _ in task._rows[start:start + task.batch_size]]
-        batch = tokenizer(texts, padding=True, truncation=True, max_length=task.max_length, return_tensors="pt")
-        batch = {k: v.to(device) for k, v in batch.items()}
-        out = model(**batch)
+
+class ClassificationScorer:
+    """One classification task, prepared once (model, head, labels, tokenized batches) and scored per candidate."""
+
+    def __init__(self, task: ClassificationTask, models: Models, where: str):
+        from safetensors.torch import load_file
+
+        self.task, self.models, self.where = task, models, where
+        device = models.device
         if task.head is not None:
-            mask = batch["attention_mask"].unsqueeze(-1).float()
-            pooled = (out.last_hidden_state.float() * mask).sum(1) / mask.sum(1).clamp(min=1)
-            logits = pooled @ w.T + b
+            self.auto_class = "AutoModel"
+            head = load_file(str(task.head))
+            if set(head) != {"weight", "bias"}:
+                raise TaskvecError(f"{where}: head {task.head} must hold exactly 'weight' and 'bias'; "
+                                   f"it holds {', '.join(sorted(head))}")
+            self.head = head["weight"].float().to(device), head["bias"].float().to(device)
+            classes = self.head[0].shape[0]
+            config = models.get(self.auto_class, None, None, where).config
         else:
-            logits = out.logits
-        pred += logits.argmax(-1).tolist()
-    accuracy = sum(g == p for g, p in zip(gold, pred)) / len(gold)
-    return accuracy, {"accuracy": accuracy, "macro_f1": macro_f1(gold, pred, classes)}, len(gold)
+            self.auto_class, self.head = "AutoModelForSequenceClassification", None
+            config = models.get(self.auto_class, None, None, where).config
+            classes = config.num_labels
+        self.classes = classes
+        labels = class_names(task, config, classes, where)
+        index = {name: i for i, name in enumerate(labels)}
+        self.gold = [index[label] for _, label in task._rows]
+        texts = [text for text, _ in task._rows]
+        self.batches = length_sorted_batches(models.tokenizer(), texts, task.batch_size, task.max_length)
+
+    @torch.inference_mode()
+    def score(self, weights: dict | None, version) -> tuple[float, dict, int]:
+        """-> (accuracy, {"accuracy", "macro_f1"}, examples)."""
+        model = self.models.get(self.auto_class, weights, version, self.where)
+        device = self.models.device
+        pred = [0] * len(self.gold)
+        for rows, batch in self.batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            out = model(**batch)
+            if self.head is not None:
+                mask = batch["attention_mask"].unsqueeze(-1).float()
+                pooled = (out.last_hidden_state.float() * mask).sum(1) / mask.sum(1).clamp(min=1)
+                logits = pooled @ self.head[0].T + self.head[1]
+            else:
+                logits = out.logits
+            for row, p in zip(rows, logits.argmax(-1).tolist()):
+                pred[row] = p
+        gold = self.gold
+        accuracy = sum(g == p for g, p in zip(gold, pred)) / len(gold)
+        return accuracy, {"accuracy": accuracy, "macro_f1": macro_f1(gold, pred, self.classes)}, len(gold)

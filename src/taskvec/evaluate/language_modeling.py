@@ -6,7 +6,7 @@ import math
 import torch
 
 from ..errors import TaskvecError
-from .models import load_model, load_tokenizer
+from .models import Models
 from .tasks import LanguageModelingTask
 
 
@@ -34,31 +34,43 @@ def encode(task: LanguageModelingTask, tokenizer, where: str) -> list[tuple[list
     return encoded
 
 
-@torch.no_grad()
-def run_language_modeling(task: LanguageModelingTask, folder, weights, device: str, where: str):
-    """-> (-nll, {"nll", "perplexity", "tokens"}, examples). Token i is scored from tokens < i."""
-    tokenizer = load_tokenizer(folder)
-    model = load_model("AutoModelForCausalLM", folder, weights, device, where)
-    encoded = encode(task, tokenizer, where)
-    total, tokens = 0.0, 0
-    for start in range(0, len(encoded), task.batch_size):
-        chunk = encoded[start:start + task.batch_size]
-        width = max(len(ids) for ids, _ in chunk)
-        input_ids = torch.zeros(len(chunk), width, dtype=torch.long)
-        attention = torch.zeros(len(chunk), width, dtype=torch.long)
-        labels = torch.full((len(chunk), width), -100, dtype=torch.long)
-        for row, (ids, skip) in enumerate(chunk):  # right padding, masked out of attention and loss
-            input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-            attention[row, :len(ids)] = 1
-            labels[row, skip:len(ids)] = torch.tensor(ids[skip:], dtype=torch.long)
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
-        target = labels[:, 1:].to(device)
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                                 ignore_index=-100, reduction="sum")
-        total += loss.item()
-        tokens += int((target != -100).sum())
-    if tokens == 0:
-        raise TaskvecError(f"{where}: no tokens to score (every example is one token long, or the responses were "
-                           f"cut off by max_length={task.max_length})")
-    nll = total / tokens
-    return -nll, {"nll": nll, "perplexity": math.exp(min(nll, 700.0)), "tokens": tokens}, len(encoded)
+class LanguageModelingScorer:
+    """One language-modeling task: examples encoded once, scored per candidate."""
+
+    auto_class = "AutoModelForCausalLM"
+
+    def __init__(self, task: LanguageModelingTask, models: Models, where: str):
+        self.task, self.models, self.where = task, models, where
+        encoded = encode(task, models.tokenizer(), where)
+        self.batches = []
+        for start in range(0, len(encoded), task.batch_size):
+            chunk = encoded[start:start + task.batch_size]
+            width = max(len(ids) for ids, _ in chunk)
+            input_ids = torch.zeros(len(chunk), width, dtype=torch.long)
+            attention = torch.zeros(len(chunk), width, dtype=torch.long)
+            labels = torch.full((len(chunk), width), -100, dtype=torch.long)
+            for row, (ids, skip) in enumerate(chunk):  # right padding, masked out of attention and loss
+                input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+                attention[row, :len(ids)] = 1
+                labels[row, skip:len(ids)] = torch.tensor(ids[skip:], dtype=torch.long)
+            self.batches.append((input_ids, attention, labels[:, 1:]))
+        self.tokens = sum(int((target != -100).sum()) for _, _, target in self.batches)
+        if self.tokens == 0:
+            raise TaskvecError(f"{where}: no tokens to score (every example is one token long, or the responses were "
+                               f"cut off by max_length={task.max_length})")
+        self.examples = len(encoded)
+
+    @torch.inference_mode()
+    def score(self, weights: dict | None, version) -> tuple[float, dict, int]:
+        """-> (-nll, {"nll", "perplexity", "tokens"}, examples). Token i is scored from tokens < i."""
+        model = self.models.get(self.auto_class, weights, version, self.where)
+        device = self.models.device
+        total = 0.0
+        for input_ids, attention, target in self.batches:
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
+            target = target.to(device)
+            total += torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                       target.reshape(-1), ignore_index=-100,
+                                                       reduction="sum").item()
+        nll = total / self.tokens
+        return -nll, {"nll": nll, "perplexity": math.exp(min(nll, 700.0)), "tokens": self.tokens}, self.examples

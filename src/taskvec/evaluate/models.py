@@ -1,5 +1,6 @@
-"""Getting the candidate: its weights as a dict (python tasks), or a transformers model built from a folder's config
-and tokenizer with the candidate's weights loaded into it in memory -- a tuner never writes a folder to score."""
+"""Getting the candidate: its weights as a dict (python tasks), or a transformers model built once from a folder's
+config and tokenizer with each candidate's weights loaded into it in memory -- a tuner never writes a folder to
+score."""
 
 from pathlib import Path
 
@@ -29,8 +30,8 @@ def load_tokenizer(folder: Path):
                            f"the model folder needs its tokenizer files") from e
 
 
-def load_model(auto_class: str, folder: Path, weights: dict | None, device: str, where: str):
-    """`auto_class` (e.g. AutoModelForCausalLM) from `folder`, then `weights` over it when given; in eval mode."""
+def build_model(auto_class: str, folder: Path, device: str, where: str):
+    """`auto_class` (e.g. AutoModelForCausalLM) from `folder`, in eval mode, and the names the folder lacked."""
     import transformers
 
     from transformers.utils import logging
@@ -45,18 +46,62 @@ def load_model(auto_class: str, folder: Path, weights: dict | None, device: str,
     finally:
         if bar:
             logging.enable_progress_bar()
-    given = load_weights(model, weights, where) if weights is not None else set()
-    missing = sorted(set(info.get("missing_keys") or ()) - given)
-    if missing and auto_class != "AutoModel":
-        raise TaskvecError(f"{where}: {folder} lacks {missing[0]} ({len(missing)} tensors missing) for "
-                           f"{auto_class}; give the task a 'head' file or use a folder with its head")
-    return model.to(device).eval()
+    return model.to(device).eval(), set(info.get("missing_keys") or ())
 
 
-def load_weights(model, weights: dict, where: str) -> set[str]:
-    """Copy `weights` into `model`. Names as saved on disk may carry the base model's prefix (``bert.``) or lack it;
-    tensors the dict lacks keep the folder's values (a merge may leave out what it did not change). Returns the
-    model's names that were given."""
+class Models:
+    """The transformers models a set of tasks needs, each built once from the folder; a candidate's weights are
+    copied into them in place, so scoring many candidates costs no model construction. Tensors a candidate lacks
+    keep the folder's values (a merge may leave out what it did not change), even after an earlier candidate set
+    them."""
+
+    def __init__(self, folder: Path, device: str):
+        self.folder, self.device = folder, device
+        self._models: dict[str, tuple] = {}  # auto_class -> (model, originals, loaded version)
+        self._tokenizer = None
+
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.folder)
+        return self._tokenizer
+
+    def get(self, auto_class: str, weights: dict | None, version: int, where: str):
+        """The model with `weights` loaded (`version` says which candidate they are: loaded once per version)."""
+        if auto_class not in self._models:
+            model, missing = build_model(auto_class, self.folder, self.device, where)
+            self._models[auto_class] = [model, {}, None, missing]
+        entry = self._models[auto_class]
+        model, originals, loaded, missing = entry
+        if loaded != version:
+            given = _load_candidate(model, weights or {}, originals, where)
+            entry[2] = version
+            absent = sorted(missing - given)
+            if absent and auto_class != "AutoModel":
+                raise TaskvecError(f"{where}: {self.folder} lacks {absent[0]} ({len(absent)} tensors missing) for "
+                                   f"{auto_class}; give the task a 'head' file or use a folder with its head")
+        return model
+
+
+def _load_candidate(model, weights: dict, originals: dict, where: str) -> set[str]:
+    """Copy `weights` into `model`, restoring the folder's value of every tensor an earlier candidate set and this
+    one lacks. Returns the model's names that were given."""
+    renamed = model_names(model, weights, where)
+    state = model.state_dict()
+    for name in renamed:
+        if name not in originals:
+            originals[name] = state[name].detach().clone()
+    restore = {name: value for name, value in originals.items() if name not in renamed}
+    try:
+        model.load_state_dict({**restore, **renamed}, strict=False)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:300]
+        raise TaskvecError(f"{where}: the weights do not fit the folder's model: {detail}") from e
+    return set(renamed)
+
+
+def model_names(model, weights: dict, where: str) -> dict:
+    """`weights` under the model's own names: names as saved on disk may carry the base model's prefix (``bert.``)
+    or lack it. A name the model has not is an error (the wrong folder, most likely)."""
     own = set(model.state_dict())
     prefix = getattr(model, "base_model_prefix", "") + "."
     renamed = {}
@@ -70,9 +115,4 @@ def load_weights(model, weights: dict, where: str) -> set[str]:
     if unexpected:
         raise TaskvecError(f"{where}: the weights hold {unexpected[0]!r} ({len(unexpected)} tensors), which the "
                            f"model built from the folder's config has not; is it the right model folder?")
-    try:
-        model.load_state_dict(renamed, strict=False)
-    except RuntimeError as e:
-        detail = " ".join(str(e).split())[:300]
-        raise TaskvecError(f"{where}: the weights do not fit the folder's model: {detail}") from e
-    return set(renamed)
+    return renamed

@@ -39,9 +39,8 @@ def evaluate(model, tasks: Union[str, Path, list[Task]], *, model_folder: Union[
     """Score `model` on `tasks` (a tasks file, or what load_tasks returned).
 
     `model` is a model folder, or a dict name -> torch.Tensor (then `model_folder`, if given, supplies the config and
-    tokenizer and any tensor the dict lacks), or None with `model_folder` (the folder itself is the candidate)."""
-    if not isinstance(tasks, list):
-        tasks = load_tasks(tasks)
+    tokenizer and any tensor the dict lacks), or None with `model_folder` (the folder itself is the candidate).
+    To score many candidates, make one `Evaluator` and call it for each: models and data are prepared once."""
     if isinstance(model, dict):
         weights, folder = model, model_folder
     elif model is None:
@@ -50,40 +49,64 @@ def evaluate(model, tasks: Union[str, Path, list[Task]], *, model_folder: Union[
         weights, folder = None, model_folder
     else:
         weights, folder = None, model
-    folder = Path(folder) if folder is not None else None
-    if folder is not None and not folder.exists():
-        raise TaskvecError(f"{folder}: no such model folder")
-    cache = {}
-    return [_run(task, weights, folder, device, cache) for task in tasks]
+    return Evaluator(tasks, folder, device).score(weights)
 
 
-def _run(task: Task, weights, folder, device: str, cache: dict) -> TaskResult:
-    where = task._where or f"task {task.name!r}"
-    start = time.perf_counter()
-    if isinstance(task, PythonTask):
-        from .python_task import run_python
+class Evaluator:
+    """Scores candidates on a fixed set of tasks: each task is prepared on first use (model built from the folder,
+    data tokenized), then every candidate's weights are loaded into the same models. Python tasks need no folder."""
 
-        if weights is None:
-            if "weights" not in cache:
-                from .models import read_weights
+    def __init__(self, tasks: Union[str, Path, list[Task]], folder: Union[str, Path, None] = None,
+                 device: str = "cpu"):
+        self.tasks = tasks if isinstance(tasks, list) else load_tasks(tasks)
+        self.folder = Path(folder) if folder is not None else None
+        if self.folder is not None and not self.folder.exists():
+            raise TaskvecError(f"{self.folder}: no such model folder")
+        self.device = device
+        self._models = None
+        self._scorers: dict[str, object] = {}
+        self._folder_weights = None
+        self._version = 0
 
-                cache["weights"] = read_weights(folder)
-            weights_here = cache["weights"]
+    def score(self, weights: dict | None = None) -> list[TaskResult]:
+        """Every task's result for one candidate: `weights` (name -> tensor) over the folder, or the folder's own."""
+        self._version += 1
+        return [self._run(task, weights) for task in self.tasks]
+
+    def _run(self, task: Task, weights: dict | None) -> TaskResult:
+        where = task._where or f"task {task.name!r}"
+        start = time.perf_counter()
+        if isinstance(task, PythonTask):
+            from .python_task import run_python
+
+            if weights is None:
+                if self._folder_weights is None:
+                    from .models import read_weights
+
+                    self._folder_weights = read_weights(self.folder)
+                weights = self._folder_weights
+            score, extra, examples = run_python(task, weights, where), {}, 1
         else:
-            weights_here = weights
-        score, extra, examples = run_python(task, weights_here, where), {}, 1
-    else:
-        if folder is None:
-            raise TaskvecError(f"{where}: a {task.type} task needs a model folder for the config and tokenizer; "
-                               f"pass model_folder=")
-        if isinstance(task, ClassificationTask):
-            from .classification import run_classification as run
-        else:
-            from .language_modeling import run_language_modeling as run
-        score, extra, examples = run(task, folder, weights, device, where)
-    normalized = score / task.reference if task.reference not in (None, 0) else None
-    return TaskResult(task.name, task.type, METRICS[task.type], score, extra, normalized, examples,
-                      time.perf_counter() - start, task.weight)
+            score, extra, examples = self._scorer(task, where).score(weights, self._version)
+        normalized = score / task.reference if task.reference not in (None, 0) else None
+        return TaskResult(task.name, task.type, METRICS[task.type], score, extra, normalized, examples,
+                          time.perf_counter() - start, task.weight)
+
+    def _scorer(self, task: Task, where: str):
+        if task.name not in self._scorers:
+            if self.folder is None:
+                raise TaskvecError(f"{where}: a {task.type} task needs a model folder for the config and tokenizer; "
+                                   f"pass model_folder=")
+            from .models import Models
+
+            if self._models is None:
+                self._models = Models(self.folder, self.device)
+            if isinstance(task, ClassificationTask):
+                from .classification import ClassificationScorer as Scorer
+            else:
+                from .language_modeling import LanguageModelingScorer as Scorer
+            self._scorers[task.name] = Scorer(task, self._models, where)
+        return self._scorers[task.name]
 
 
 def summary(results: list[TaskResult]) -> dict:

@@ -1,0 +1,45 @@
+"""The model references of a tuned recipe: absolute while tuning (the recipe's folder is where its relative paths
+start), relative to the written best recipe afterwards, so ``taskvec merge best.yaml`` finds the same models from
+wherever best.yaml was written."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+
+def _where(ref: str, folder: Path) -> Path | None:
+    """A reference as ``taskvec merge`` looks it up: from the current folder, then the recipe's."""
+    return next((p.resolve() for p in (Path(ref).expanduser(), folder / ref) if p.exists()), None)
+
+
+def _map_refs(raw: dict, fn) -> dict:
+    out = copy.deepcopy(raw)
+    if isinstance(out.get("base_model"), str):
+        out["base_model"] = fn(out["base_model"])
+    for spec in out.get("models") or []:
+        if isinstance(spec, dict) and isinstance(spec.get("model"), str):
+            spec["model"] = fn(spec["model"])
+    if isinstance(out.get("tokenizer_source"), str) and out["tokenizer_source"] != "base":
+        out["tokenizer_source"] = fn(out["tokenizer_source"])
+    return out
+
+
+def absolute_paths(raw: dict, folder: Path) -> dict:
+    """Every reference that names an existing file or folder, made absolute (model ids stay as they are)."""
+    return _map_refs(raw, lambda ref: str(_where(ref, folder) or ref))
+
+
+def portable_paths(raw: dict, out_folder: Path) -> dict:
+    """Absolute references rewritten relative to the folder the recipe is written to."""
+    def rel(ref: str) -> str:
+        return os.path.relpath(ref, out_folder.resolve()) if Path(ref).is_absolute() else ref
+
+    return _map_refs(raw, rel)
+
+
+def evaluation_folder(raw: dict) -> str | None:
+    """The folder whose config and tokenizer score candidates: the base model, else the first model."""
+    refs = [raw.get("base_model")] + [m.get("model") for m in raw.get("models") or [] if isinstance(m, dict)]
+    return next((r for r in refs if isinstance(r, str) and Path(r).is_dir()), None)
