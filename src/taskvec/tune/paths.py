@@ -40,6 +40,17 @@ def portable_paths(raw: dict, out_folder: Path) -> dict:
 
 
 def evaluation_folder(raw: dict) -> str | None:
-    """The folder whose config and tokenizer score candidates: the base model, else the first model."""
+    """The folder whose config and tokenizer score candidates: the base model's (a path or a cached model id),
+    else the first model's."""
+    from ..io.checkpoint import open_checkpoint
+
     refs = [raw.get("base_model")] + [m.get("model") for m in raw.get("models") or [] if isinstance(m, dict)]
-    return next((r for r in refs if isinstance(r, str) and Path(r).is_dir()), None)
+    for ref in refs:
+        if isinstance(ref, str):
+            if Path(ref).is_dir():
+                return ref
+            ckpt = open_checkpoint(ref)
+            ckpt.close()
+            if ckpt.folder is not None:
+                return str(ckpt.folder)
+    return None

@@ -182,7 +182,7 @@ def tune(recipe: str | Path, tasks_file: str | Path, out: str | Path, options: T
     from .report import write_outputs
 
     result = TuneResult(best_values, portable_paths(search.candidate(best_values), out.parent), best.value,
-                        "mean_normalized" if best.user_attrs.get("normalized") else "mean_score", held_out,
+                        "mean_normalized" if best.user_attrs.get("taskvec", {}).get("normalized") else "mean_score", held_out,
                         [_trial_row(t, search.dims) for t in complete])
     result.files = write_outputs(result, search, tasks_file, out, options, study_file, time.perf_counter() - start)
     return result
@@ -222,17 +222,20 @@ def _suggest(trial, dims: list[space.Dimension]) -> dict:
 
 
 def _record(trial, got: dict) -> None:
-    trial.set_user_attr("results", got["results"])
-    trial.set_user_attr("normalized", got["summary"]["mean_normalized"] is not None)
-    trial.set_user_attr("seconds", round(got["seconds"], 4))
-    trial.set_user_attr("merge_seconds", round(got["merge_seconds"], 4))
+    """Keep each task's result with the trial (one write: every storage write is a transaction)."""
+    trial.set_user_attr("taskvec", {"results": got["results"],
+                                    "normalized": got["summary"]["mean_normalized"] is not None,
+                                    "seconds": round(got["seconds"], 4),
+                                    "merge_seconds": round(got["merge_seconds"], 4)})
 
 
 def _trial_row(trial, dims) -> dict:
+    attrs = trial.user_attrs.get("taskvec", {})
+    results = attrs.get("results", [])
     return {"trial": trial.number, "values": {d.name: trial.params[d.name] for d in dims}, "objective": trial.value,
-            "scores": {r["name"]: r["score"] for r in trial.user_attrs.get("results", [])},
-            "normalized": {r["name"]: r["normalized"] for r in trial.user_attrs.get("results", [])},
-            "seconds": trial.user_attrs.get("seconds"), "merge_seconds": trial.user_attrs.get("merge_seconds")}
+            "scores": {r["name"]: r["score"] for r in results},
+            "normalized": {r["name"]: r["normalized"] for r in results},
+            "seconds": attrs.get("seconds"), "merge_seconds": attrs.get("merge_seconds")}
 
 
 def _show(values: dict) -> str:
