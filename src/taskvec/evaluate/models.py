@@ -31,7 +31,8 @@ def load_tokenizer(folder: Path):
 
 
 def build_model(auto_class: str, folder: Path, device: str, where: str):
-    """`auto_class` (e.g. AutoModelForCausalLM) from `folder`, in eval mode, and the names the folder lacked."""
+    """`auto_class` (e.g. AutoModelForCausalLM) from `folder`, in eval mode; the names the folder lacked, and the
+    names it had that the model ignores (buffers like ``embeddings.position_ids``, unused poolers)."""
     import transformers
 
     from transformers.utils import logging
@@ -46,7 +47,8 @@ def build_model(auto_class: str, folder: Path, device: str, where: str):
     finally:
         if bar:
             logging.enable_progress_bar()
-    return model.to(device).eval(), set(info.get("missing_keys") or ())
+    return (model.to(device).eval(), set(info.get("missing_keys") or ()),
+            set(info.get("unexpected_keys") or ()))
 
 
 class Models:
@@ -68,12 +70,12 @@ class Models:
     def get(self, auto_class: str, weights: dict | None, version: int, where: str):
         """The model with `weights` loaded (`version` says which candidate they are: loaded once per version)."""
         if auto_class not in self._models:
-            model, missing = build_model(auto_class, self.folder, self.device, where)
-            self._models[auto_class] = [model, {}, None, missing]
+            model, missing, ignored = build_model(auto_class, self.folder, self.device, where)
+            self._models[auto_class] = [model, {}, None, missing, ignored]
         entry = self._models[auto_class]
-        model, originals, loaded, missing = entry
+        model, originals, loaded, missing, ignored = entry
         if loaded != version:
-            given = _load_candidate(model, weights or {}, originals, where)
+            given = _load_candidate(model, weights or {}, originals, ignored, where)
             entry[2] = version
             absent = sorted(missing - given)
             if absent and auto_class != "AutoModel":
@@ -82,10 +84,11 @@ class Models:
         return model
 
 
-def _load_candidate(model, weights: dict, originals: dict, where: str) -> set[str]:
+def _load_candidate(model, weights: dict, originals: dict, ignored: set[str], where: str) -> set[str]:
     """Copy `weights` into `model`, restoring the folder's value of every tensor an earlier candidate set and this
-    one lacks. Returns the model's names that were given."""
-    renamed = model_names(model, weights, where)
+    one lacks. Tensors the model ignored when loading the folder itself are ignored here too. Returns the model's
+    names that were given."""
+    renamed = model_names(model, weights, where, ignored)
     state = model.state_dict()
     for name in renamed:
         if name not in originals:
@@ -99,10 +102,12 @@ def _load_candidate(model, weights: dict, originals: dict, where: str) -> set[st
     return set(renamed)
 
 
-def model_names(model, weights: dict, where: str) -> dict:
+def model_names(model, weights: dict, where: str, ignored: set[str] = frozenset()) -> dict:
     """`weights` under the model's own names: names as saved on disk may carry the base model's prefix (``bert.``)
-    or lack it. A name the model has not is an error (the wrong folder, most likely)."""
+    or lack it. A name the model has not is an error (the wrong folder, most likely), unless it is one the model
+    ignored in the folder's own checkpoint (`ignored`)."""
     own = set(model.state_dict())
+    buffers = {name for name, _ in model.named_buffers()}
     prefix = getattr(model, "base_model_prefix", "") + "."
     renamed = {}
     for name, tensor in weights.items():
@@ -110,6 +115,8 @@ def model_names(model, weights: dict, where: str) -> dict:
             name = name[len(prefix):]
         elif name not in own and prefix + name in own:
             name = prefix + name
+        if name not in own and (name in ignored or name in buffers):
+            continue  # ignored by the model when loading the folder, or a buffer it computes (position_ids)
         renamed[name] = tensor
     unexpected = sorted(set(renamed) - own)
     if unexpected:
