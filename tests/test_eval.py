@@ -361,3 +361,26 @@ def test_on_cuda_the_scores_match_the_cpu(tmp_path, classifier, llama):
     assert gpu.extra["nll"] == pytest.approx(cpu.extra["nll"], rel=1e-4)
     tasks = tasks_file(tmp_path, "  - {name: s, type: classification, data: data.csv}\n")
     assert evaluate(classifier, tasks, device="cuda")[0].score == pytest.approx(4 / 9)
+
+
+def test_an_evaluator_reuses_its_models_and_restores_what_a_candidate_lacks(tmp_path, classifier):
+    """Candidate 1 flips the bias to 'neg'; candidate 2 gives only the classifier weight: its bias is the folder's
+    ('pos' again), not candidate 1's. A buffer the model computes (position_ids) is not an unknown tensor."""
+    from transformers import AutoModelForSequenceClassification
+
+    from taskvec.evaluate import Evaluator
+
+    write(tmp_path / "data.csv", SENTIMENT)
+    tasks = tasks_file(tmp_path, "  - {name: s, type: classification, data: data.csv, split_column: split,"
+                                 " split: test}\n")
+    weights = AutoModelForSequenceClassification.from_pretrained(classifier).state_dict()
+    evaluator = Evaluator(tasks, classifier)
+    flipped = dict(weights, **{"classifier.bias": torch.tensor([5.0, 0.0]),
+                               "bert.embeddings.position_ids": torch.arange(64).unsqueeze(0)})
+    assert evaluator.score(flipped)[0].score == pytest.approx(2 / 6)
+    assert evaluator.score({"classifier.weight": weights["classifier.weight"]})[0].score == pytest.approx(4 / 6)
+    assert evaluator.score(flipped)[0].score == pytest.approx(2 / 6)
+    assert evaluator.score(None)[0].score == pytest.approx(4 / 6)
+    assert len(evaluator._models._models) == 1  # one model, built once
+    with pytest.raises(TaskvecError, match="the weights hold 'bert.encoder.layer.9.output.dense.weight'"):
+        evaluator.score({"bert.encoder.layer.9.output.dense.weight": torch.zeros(2)})
