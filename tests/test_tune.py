@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import read_model, toy_tensors, write_model
+from conftest import EXAMPLES, read_model, toy_tensors, write_model
 from taskvec.errors import TaskvecError
 from taskvec.tune import space
 from taskvec.tune.search import TuneOptions, load_search, tune
@@ -109,15 +109,16 @@ def test_a_density_range_reaching_zero_names_the_field_and_the_values(tmp_path):
 
 # ---- searching -----------------------------------------------------------------------------------------------------
 
-def test_tpe_finds_the_known_optimum(peak):
-    """The score peaks at weights (0.7, 0.3); 40 TPE trials (seed 0) land within 0.05 of it."""
-    result = tune(recipe(peak, "{search: [0.0, 1.5]}", "{search: [0.0, 1.5]}"), peak / "tasks.yaml",
-                  peak / "out" / "best.yaml", TuneOptions(trials=40, progress=False), log=lambda _: None)
-    a, b = result.best_values["models[0].weight"], result.best_values["models[1].weight"]
-    assert abs(a - 0.7) < 0.05 and abs(b - 0.3) < 0.05, (a, b)
+def test_tpe_finds_the_known_optimum_of_the_worked_example(tmp_path):
+    """examples/tune: the score peaks at weights (0.5, 0.75); 40 TPE trials (seed 0) land within 0.05 of it."""
+    result = tune(EXAMPLES / "tune" / "neuron.yaml", EXAMPLES / "tune" / "tasks.yaml", tmp_path / "best.yaml",
+                  TuneOptions(trials=40, progress=False), log=lambda _: None)
+    mine, colleague = result.best_values["models[0].weight"], result.best_values["models[1].weight"]
+    assert abs(mine - 0.5) < 0.05 and abs(colleague - 0.75) < 0.05, (mine, colleague)
     assert len(result.trials) == 40 and result.objective == max(t["objective"] for t in result.trials)
-    # the score of the best point, by hand: 4 rows of (a - 0.7)^2 + (b - 0.3)^2
-    assert result.objective == pytest.approx(-4 * ((a - 0.7) ** 2 + (b - 0.3) ** 2), abs=1e-6)
+    # the best point's score by hand: the merged neuron is (1 + 2c, 2, -1 - m); wanted (2.5, 2, -1.5)
+    by_hand = -((1 + 2 * colleague - 2.5) ** 2 + (-1 - mine + 1.5) ** 2)
+    assert result.objective == pytest.approx(by_hand, abs=1e-6)
 
 
 def test_best_yaml_is_a_plain_recipe_that_merge_runs_from_anywhere(peak, cli, tmp_path_factory):

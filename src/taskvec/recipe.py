@@ -148,6 +148,9 @@ def _names(method: MergeMethod) -> str:
 
 def _check_setting(setting: Any, where: str, param) -> None:
     """A scalar, a gradient (list of scalars) or a list of {filter, value} conditions."""
+    if isinstance(setting, dict) and set(setting) & {"search", "choices"}:
+        raise TaskvecError(f"{where}: {setting!r} is a searched value; `taskvec tune` picks it (merge needs plain "
+                           f"values: run tune, then merge the recipe it writes)")
     if isinstance(setting, dict):
         setting = [setting]
     values = [setting]

@@ -32,9 +32,14 @@ def absolute_paths(raw: dict, folder: Path) -> dict:
 
 
 def portable_paths(raw: dict, out_folder: Path) -> dict:
-    """Absolute references rewritten relative to the folder the recipe is written to."""
+    """Absolute references rewritten relative to the folder the recipe is written to, when the two share a folder
+    below the root (else they stay absolute: ../../work/x says nothing a reader can use)."""
+    out_folder = out_folder.resolve()
+
     def rel(ref: str) -> str:
-        return os.path.relpath(ref, out_folder.resolve()) if Path(ref).is_absolute() else ref
+        if not Path(ref).is_absolute() or os.path.commonpath([ref, out_folder]) == out_folder.anchor:
+            return ref
+        return os.path.relpath(ref, out_folder)
 
     return _map_refs(raw, rel)
 
