@@ -38,6 +38,35 @@ def macro_f1(gold: list[int], pred: list[int], classes: int) -> float:
     return sum(scores) / len(scores)
 
 
+def auto_class(task: ClassificationTask) -> str:
+    """The transformers class a task runs: the bare encoder under a head file, else the folder's classifier."""
+    return "AutoModel" if task.head is not None else "AutoModelForSequenceClassification"
+
+
+def read_head(task: ClassificationTask, device: str, where: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The task's head file as float32 (weight [classes, hidden], bias), or None when the model has its own head."""
+    from safetensors.torch import load_file
+
+    if task.head is None:
+        return None
+    head = load_file(str(task.head))
+    if set(head) != {"weight", "bias"}:
+        raise TaskvecError(f"{where}: head {task.head} must hold exactly 'weight' and 'bias'; "
+                           f"it holds {', '.join(sorted(head))}")
+    return head["weight"].float().to(device), head["bias"].float().to(device)
+
+
+def logits_of(out, batch: dict, head: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """Class logits from a model's output: the head over the attention-masked mean of the last hidden states, or
+    the model's own logits."""
+    if head is None:
+        return out.logits
+    w, b = head
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    pooled = (out.last_hidden_state.float() * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return pooled @ w.T + b
+
+
 def length_sorted_batches(tokenizer, texts: list[str], batch_size: int, max_length: int) -> list[tuple]:
     """(row indices, tokenized batch) with texts of similar length together: scoring a candidate then spends little
     on padding. Tokenized once; every candidate reuses the batches."""
@@ -56,23 +85,11 @@ class ClassificationScorer:
     """One classification task, prepared once (model, head, labels, tokenized batches) and scored per candidate."""
 
     def __init__(self, task: ClassificationTask, models: Models, where: str):
-        from safetensors.torch import load_file
-
         self.task, self.models, self.where = task, models, where
-        device = models.device
-        if task.head is not None:
-            self.auto_class = "AutoModel"
-            head = load_file(str(task.head))
-            if set(head) != {"weight", "bias"}:
-                raise TaskvecError(f"{where}: head {task.head} must hold exactly 'weight' and 'bias'; "
-                                   f"it holds {', '.join(sorted(head))}")
-            self.head = head["weight"].float().to(device), head["bias"].float().to(device)
-            classes = self.head[0].shape[0]
-            config = models.get(self.auto_class, None, None, where).config
-        else:
-            self.auto_class, self.head = "AutoModelForSequenceClassification", None
-            config = models.get(self.auto_class, None, None, where).config
-            classes = config.num_labels
+        self.auto_class = auto_class(task)
+        self.head = read_head(task, models.device, where)
+        config = models.get(self.auto_class, None, None, where).config
+        classes = self.head[0].shape[0] if self.head is not None else config.num_labels
         self.classes = classes
         labels = class_names(task, config, classes, where)
         index = {name: i for i, name in enumerate(labels)}
@@ -88,13 +105,7 @@ class ClassificationScorer:
         pred = [0] * len(self.gold)
         for rows, batch in self.batches:
             batch = {k: v.to(device) for k, v in batch.items()}
-            out = model(**batch)
-            if self.head is not None:
-                mask = batch["attention_mask"].unsqueeze(-1).float()
-                pooled = (out.last_hidden_state.float() * mask).sum(1) / mask.sum(1).clamp(min=1)
-                logits = pooled @ self.head[0].T + self.head[1]
-            else:
-                logits = out.logits
+            logits = logits_of(model(**batch), batch, self.head)
             for row, p in zip(rows, logits.argmax(-1).tolist()):
                 pred[row] = p
         gold = self.gold

@@ -102,21 +102,28 @@ def _load_candidate(model, weights: dict, originals: dict, ignored: set[str], wh
     return set(renamed)
 
 
+def model_name(name: str, own: set[str], model) -> str:
+    """The model's name for a checkpoint tensor: as is, or with the base model's prefix (``bert.``) removed or added
+    so that it is one of the model's names `own`; as is when neither fits."""
+    prefix = getattr(model, "base_model_prefix", "") + "."
+    if name not in own and name.startswith(prefix) and name[len(prefix):] in own:
+        return name[len(prefix):]
+    if name not in own and prefix + name in own:
+        return prefix + name
+    return name
+
+
 def model_names(model, weights: dict, where: str, ignored: set[str] = frozenset()) -> dict:
-    """`weights` under the model's own names: names as saved on disk may carry the base model's prefix (``bert.``)
-    or lack it. A name the model has not is an error (the wrong folder, most likely), unless it is one the model
-    ignored in the folder's own checkpoint (`ignored`)."""
+    """`weights` under the model's own names (see `model_name`). A name the model has not is an error (the wrong
+    folder, most likely), unless the model ignored it in the folder's own checkpoint (`ignored`) or it is a buffer
+    the model computes (``embeddings.position_ids``)."""
     own = set(model.state_dict())
     buffers = {name for name, _ in model.named_buffers()}
-    prefix = getattr(model, "base_model_prefix", "") + "."
     renamed = {}
     for name, tensor in weights.items():
-        if name not in own and name.startswith(prefix) and name[len(prefix):] in own:
-            name = name[len(prefix):]
-        elif name not in own and prefix + name in own:
-            name = prefix + name
+        name = model_name(name, own, model)
         if name not in own and (name in ignored or name in buffers):
-            continue  # ignored by the model when loading the folder, or a buffer it computes (position_ids)
+            continue
         renamed[name] = tensor
     unexpected = sorted(set(renamed) - own)
     if unexpected:
