@@ -38,23 +38,42 @@ def macro_f1(gold: list[int], pred: list[int], classes: int) -> float:
     return sum(scores) / len(scores)
 
 
+def auto_class(task: ClassificationTask) -> str:
+    """The transformers class a task runs: the bare encoder under a head file, else the folder's classifier."""
+    return "AutoModel" if task.head is not None else "AutoModelForSequenceClassification"
+
+
+def read_head(task: ClassificationTask, device: str, where: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The task's head file as float32 (weight [classes, hidden], bias), or None when the model has its own head."""
+    from safetensors.torch import load_file
+
+    if task.head is None:
+        return None
+    head = load_file(str(task.head))
+    if set(head) != {"weight", "bias"}:
+        raise TaskvecError(f"{where}: head {task.head} must hold exactly 'weight' and 'bias'; "
+                           f"it holds {', '.join(sorted(head))}")
+    return head["weight"].float().to(device), head["bias"].float().to(device)
+
+
+def logits_of(out, batch: dict, head: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """Class logits from a model's output: the head over the attention-masked mean of the last hidden states, or
+    the model's own logits."""
+    if head is None:
+        return out.logits
+    w, b = head
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    pooled = (out.last_hidden_state.float() * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return pooled @ w.T + b
+
+
 @torch.no_grad()
 def run_classification(task: ClassificationTask, folder, weights, device: str, where: str):
     """-> (accuracy, {"accuracy", "macro_f1"}, examples)."""
-    from safetensors.torch import load_file
-
     tokenizer = load_tokenizer(folder)
-    if task.head is not None:
-        model = load_model("AutoModel", folder, weights, device, where)
-        head = load_file(str(task.head))
-        if set(head) != {"weight", "bias"}:
-            raise TaskvecError(f"{where}: head {task.head} must hold exactly 'weight' and 'bias'; "
-                               f"it holds {', '.join(sorted(head))}")
-        w, b = head["weight"].float().to(device), head["bias"].float().to(device)
-        classes = w.shape[0]
-    else:
-        model = load_model("AutoModelForSequenceClassification", folder, weights, device, where)
-        classes = model.config.num_labels
+    model = load_model(auto_class(task), folder, weights, device, where)
+    head = read_head(task, device, where)
+    classes = head[0].shape[0] if head is not None else model.config.num_labels
     labels = class_names(task, model.config, classes, where)
     index = {name: i for i, name in enumerate(labels)}
     gold, pred = [index[label] for _, label in task._rows], []
@@ -62,13 +81,6 @@ def run_classification(task: ClassificationTask, folder, weights, device: str, w
         texts = [text for text, _ in task._rows[start:start + task.batch_size]]
         batch = tokenizer(texts, padding=True, truncation=True, max_length=task.max_length, return_tensors="pt")
         batch = {k: v.to(device) for k, v in batch.items()}
-        out = model(**batch)
-        if task.head is not None:
-            mask = batch["attention_mask"].unsqueeze(-1).float()
-            pooled = (out.last_hidden_state.float() * mask).sum(1) / mask.sum(1).clamp(min=1)
-            logits = pooled @ w.T + b
-        else:
-            logits = out.logits
-        pred += logits.argmax(-1).tolist()
+        pred += logits_of(model(**batch), batch, head).argmax(-1).tolist()
     accuracy = sum(g == p for g, p in zip(gold, pred)) / len(gold)
     return accuracy, {"accuracy": accuracy, "macro_f1": macro_f1(gold, pred, classes)}, len(gold)

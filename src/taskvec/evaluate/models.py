@@ -53,19 +53,23 @@ def load_model(auto_class: str, folder: Path, weights: dict | None, device: str,
     return model.to(device).eval()
 
 
+def model_name(name: str, own: set[str], model) -> str:
+    """The model's name for a checkpoint tensor: as is, or with the base model's prefix (``bert.``) removed or added
+    so that it is one of the model's names `own`; as is when neither fits."""
+    prefix = getattr(model, "base_model_prefix", "") + "."
+    if name not in own and name.startswith(prefix) and name[len(prefix):] in own:
+        return name[len(prefix):]
+    if name not in own and prefix + name in own:
+        return prefix + name
+    return name
+
+
 def load_weights(model, weights: dict, where: str) -> set[str]:
     """Copy `weights` into `model`. Names as saved on disk may carry the base model's prefix (``bert.``) or lack it;
     tensors the dict lacks keep the folder's values (a merge may leave out what it did not change). Returns the
     model's names that were given."""
     own = set(model.state_dict())
-    prefix = getattr(model, "base_model_prefix", "") + "."
-    renamed = {}
-    for name, tensor in weights.items():
-        if name not in own and name.startswith(prefix) and name[len(prefix):] in own:
-            name = name[len(prefix):]
-        elif name not in own and prefix + name in own:
-            name = prefix + name
-        renamed[name] = tensor
+    renamed = {model_name(name, own, model): tensor for name, tensor in weights.items()}
     unexpected = sorted(set(renamed) - own)
     if unexpected:
         raise TaskvecError(f"{where}: the weights hold {unexpected[0]!r} ({len(unexpected)} tensors), which the "
