@@ -224,3 +224,37 @@ def test_plot_and_json(norm_scaled, tmp_path, granularity):
     data = result.to_json()
     assert data["granularity"] == granularity and len(data["history"]) == 2
     assert data["models"] == [str(m) for m in models]
+
+
+@pytest.mark.parametrize("extra", [[], ["--plus"]])
+def test_tune_adamerging_cli_writes_a_recipe_that_merge_reproduces(classifiers, cli, extra):
+    """`taskvec tune --adamerging`: coefficients JSON, plot, a recipe, held-out scores, and --merge equal to
+    `taskvec merge best.yaml`. A recipe with searched values is refused (AdaMerging picks the weights)."""
+    import json
+
+    import yaml
+
+    folder, base, models = classifiers
+    write(folder / "data.csv", "text,label,split\n" + "".join(
+        f"{t},{y},{s}\n" for t, y, s in zip(texts(16), ["a", "b", "c", "a"] * 4, ["val", "test"] * 8)))
+    tasks_path = tasks_file(folder, "  - {name: topic, type: classification, data: data.csv, split_column: split,"
+                                    " split: test, tune_split: val, head: topic.safetensors, reference: 0.5}\n")
+    recipe = write(folder / "r.yaml", "merge_method: task_arithmetic\nbase_model: base\nmodels:\n"
+                   "  - {model: ft0, parameters: {weight: 1}}\n  - {model: ft1, parameters: {weight: 1}}\n")
+    code, out = cli("tune", recipe, "--tasks", tasks_path, "--out", folder / "o" / "best.yaml", "--adamerging",
+                    "layer", "--steps", "3", "--lr", "0.01", "--merge", folder / "merged", "-q", *extra)
+    assert "held-out" in out and "topic" in out
+    learned = json.loads((folder / "o" / "best.adamerging.json").read_text())
+    assert learned["granularity"] == "layer" and learned["plus"] == bool(extra)
+    assert learned["held_out"]["results"][0]["examples"] == 8
+    assert (folder / "o" / "best.adamerging.png").stat().st_size > 1000
+    best = yaml.safe_load((folder / "o" / "best.yaml").read_text())
+    assert best["merge_method"] == ("ties" if extra else "task_arithmetic")
+    assert best["models"][0]["model"] == "../ft0" and isinstance(best["models"][0]["parameters"]["weight"], list)
+    cli("merge", folder / "o" / "best.yaml", "--out", folder / "again", "-q")
+    again, merged = read_model(folder / "again"), read_model(folder / "merged")
+    assert all(torch.equal(again[n], merged[n]) for n in again)
+    searched = write(folder / "s.yaml", recipe.read_text().replace("weight: 1}", "weight: {search: [0, 1]}}"))
+    code, out = cli("tune", searched, "--tasks", tasks_path, "--out", folder / "x.yaml", "--adamerging", "task",
+                    ok=False)
+    assert code == 2 and "AdaMerging learns the weights itself" in out

@@ -332,22 +332,42 @@ def tune_command(
     device: Annotated[str, typer.Option("--device", help="where candidates are scored: cpu, cuda")] = "cpu",
     study: Annotated[Optional[Path], typer.Option("--study", help="Optuna SQLite file (default: beside --out); "
                                                   "the same command resumes it")] = None,
+    adamerging: Annotated[Optional[str], typer.Option("--adamerging", help="learn the weights without labels "
+                                                      "instead of searching: task (one per model) or layer (one "
+                                                      "per model and tensor)")] = None,
+    plus: Annotated[bool, typer.Option("--plus", help="AdaMerging++: TIES trimming and sign election first")] = False,
+    steps: Annotated[int, typer.Option("--steps", help="AdaMerging steps (Adam)")] = 500,
+    lr: Annotated[float, typer.Option("--lr", help="AdaMerging learning rate")] = 1e-3,
     force: Force = False,
     quiet: Quiet = False,
 ):
-    """Pick a recipe's coefficients (any searched value) on the tasks' tuning data; write the best recipe."""
-    from .tune.search import TuneOptions, tune
-
+    """Pick a recipe's coefficients (any searched value) on the tasks' tuning data; write the best recipe.
+    With --adamerging, learn them without labels (entropy minimisation on the tasks' inputs)."""
     if merge_out is not None and merge_out.exists() and not force:
         raise TaskvecError(f"{merge_out}: already exists; pass --force to replace it")
-    options = TuneOptions(search=search, trials=trials, grid_points=grid_points, seed=seed, workers=workers,
-                          ray_address=ray_address, device=device, study=study, progress=not quiet)
-    result = tune(recipe, tasks, out, options)
-    _print_tune(result)
+    if adamerging is not None:
+        from .tune.label_free import AdaOptions, tune_adamerging
+
+        outcome = tune_adamerging(recipe, tasks, out, AdaOptions(
+            granularity=adamerging, plus=plus, steps=steps, lr=lr, seed=seed, device=device, progress=not quiet))
+        _print_held_out(outcome.held_out, f"AdaMerging{'++' if plus else ''} ({adamerging}-wise)")
+        files = outcome.files
+    else:
+        if plus:
+            raise TaskvecError("--plus goes with --adamerging (AdaMerging++)")
+        from .tune.search import TuneOptions, tune
+
+        options = TuneOptions(search=search, trials=trials, grid_points=grid_points, seed=seed, workers=workers,
+                              ray_address=ray_address, device=device, study=study, progress=not quiet)
+        result = tune(recipe, tasks, out, options)
+        _print_tune(result)
+        files = result.files
+    for kind, path in files.items():
+        err.print(f"wrote {kind.replace('_', ' ')}: {path}", highlight=False)
     if merge_out is not None:  # exactly `taskvec merge best.yaml --out DIR`
         from .merge import merge_recipe
 
-        _summary(merge_recipe(result.files["recipe"], merge_out, _options("5GB", None, "cpu", "float32", force,
+        _summary(merge_recipe(files["recipe"], merge_out, _options("5GB", None, "cpu", "float32", force,
                                                                           False, quiet)), quiet)
 
 
@@ -369,8 +389,18 @@ def _print_tune(result) -> None:
     console.print(f"{result.objective_name}: {result.objective:.4f} tuning, "
                   f"{held['mean_normalized'] if held['mean_normalized'] is not None else held['mean_score']:.4f} "
                   f"held out", highlight=False)
-    for kind, path in result.files.items():
-        err.print(f"wrote {kind.replace('_', ' ')}: {path}", highlight=False)
+
+
+def _print_held_out(held: dict, title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{title}: held-out scores", title_justify="left")
+    for col in ("task", "metric", "score", "normalized"):
+        table.add_column(col, no_wrap=col != "task", overflow="fold")
+    for r in held["results"]:
+        table.add_row(r["name"], r["metric"], f"{r['score']:.6g}", "-" if r["normalized"] is None
+                      else f"{r['normalized']:.4f}")
+    Console().print(table)
 
 
 def _print_results(results, means: dict) -> None:

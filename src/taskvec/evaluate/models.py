@@ -38,13 +38,15 @@ def build_model(auto_class: str, folder: Path, device: str, where: str):
     from transformers.utils import logging
 
     cls = getattr(transformers, auto_class)
-    bar = logging.is_progress_bar_enabled()
+    bar, verbosity = logging.is_progress_bar_enabled(), logging.get_verbosity()
     logging.disable_progress_bar()  # a bar per task would bury the results table
+    logging.set_verbosity_error()  # an encoder built from a classifier's folder "ignores" its head: expected here
     try:
         model, info = cls.from_pretrained(str(folder), output_loading_info=True)
     except Exception as e:
         raise TaskvecError(f"{where}: {folder} does not load as {auto_class} ({type(e).__name__}: {e})") from e
     finally:
+        logging.set_verbosity(verbosity)
         if bar:
             logging.enable_progress_bar()
     return (model.to(device).eval(), set(info.get("missing_keys") or ()),
