@@ -316,7 +316,8 @@ def eval_command(
 @app.command("tune", cls=Command)
 @friendly
 def tune_command(
-    recipe: Annotated[Path, typer.Argument(help="recipe whose values may be {search: \\[lo, hi]} or {choices: \\[...]}")],
+    recipe: Annotated[Path, typer.Argument(help="recipe whose values may be {search: \\[lo, hi]} or "
+                                           "{choices: \\[...]}")],
     tasks: Annotated[Path, typer.Option("--tasks", "-t", help="tasks file (YAML) that scores the candidates")],
     out: Annotated[Path, typer.Option("--out", "-o", help="where the best recipe goes (YAML); its trace, plot and "
                                       "study sit beside it")],
