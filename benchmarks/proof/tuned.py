@@ -46,6 +46,47 @@ ROWS = {  # row name -> how it is made
 }
 
 
+TUNE_EXAMPLES = 100  # per task: what one candidate is scored on (a stratified part of the validation split)
+
+
+def tuning_subset(tasks_file: Path, size: int = TUNE_EXAMPLES) -> Path:
+    """A copy of the tasks file whose tuning split is `size` validation rows per task, stratified (labels taken in
+    turn, in file order): <tasks dir>/tune<size>/tasks.yaml, its CSVs holding the test rows and those rows as split
+    'tune'. Scoring a candidate costs about linearly in these rows (benchmarks/tune_candidate.py)."""
+    import csv
+    import os
+
+    spec = yaml.safe_load(tasks_file.read_text())
+    folder = tasks_file.parent / f"tune{size}"
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    for task in spec["tasks"]:
+        source = tasks_file.parent / task["data"]
+        with source.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        by_label: dict[str, list[dict]] = {}
+        for r in rows:
+            if r[task["split_column"]] == task["tune_split"]:
+                by_label.setdefault(r["label"], []).append(r)
+        picked, turn = [], 0
+        while len(picked) < size and any(turn < len(v) for v in by_label.values()):
+            picked += [v[turn] for v in by_label.values() if turn < len(v)]
+            turn += 1
+        kept = [r for r in rows if r[task["split_column"]] == task["split"]]
+        kept += [{**r, task["split_column"]: "tune"} for r in picked[:size]]
+        target = folder / "data" / Path(task["data"]).name
+        with target.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(kept)
+        task["data"] = os.path.relpath(target, folder)
+        task["tune_split"] = "tune"
+        task["head"] = os.path.relpath((tasks_file.parent / task["head"]).resolve(), folder.resolve())
+    path = folder / "tasks.yaml"
+    path.write_text(f"# {tasks_file}, tuned on {size} validation rows per task (stratified)\n"
+                    + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True, width=1000))
+    return path
+
+
 def _code_version() -> str:
     digest = hashlib.sha256()
     for path in sorted((ROOT / "src" / "taskvec" / "tune").glob("*.py")) + [Path(__file__)]:
@@ -53,8 +94,22 @@ def _code_version() -> str:
     return digest.hexdigest()[:16]
 
 
+def _weights_digest(folder: str) -> str:
+    """The content of a model folder's weights (the key must not change when the folder moves)."""
+    digest = hashlib.sha256()
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def _content_key(tasks_file: Path, recipe: dict, settings: dict) -> str:
     digest = hashlib.sha256()
+    for ref in [recipe["base_model"]] + [m["model"] for m in recipe["models"]]:
+        digest.update(_weights_digest(ref).encode())
+    recipe = {**recipe, "base_model": "base", "models": [{**m, "model": f"model{i}"}
+                                                          for i, m in enumerate(recipe["models"])]}
     digest.update(tasks_file.read_bytes())
     spec = yaml.safe_load(tasks_file.read_text())
     for task in spec["tasks"]:
