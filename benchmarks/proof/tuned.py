@@ -82,7 +82,7 @@ def tuning_subset(tasks_file: Path, size: int = TUNE_EXAMPLES) -> Path:
         task["tune_split"] = "tune"
         task["head"] = os.path.relpath((tasks_file.parent / task["head"]).resolve(), folder.resolve())
     path = folder / "tasks.yaml"
-    path.write_text(f"# {tasks_file}, tuned on {size} validation rows per task (stratified)\n"
+    path.write_text(f"# {tasks_file.name} beside this folder, tuned on {size} validation rows per task (stratified)\n"
                     + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True, width=1000))
     return path
 
@@ -110,8 +110,8 @@ def _content_key(tasks_file: Path, recipe: dict, settings: dict) -> str:
         digest.update(_weights_digest(ref).encode())
     recipe = {**recipe, "base_model": "base", "models": [{**m, "model": f"model{i}"}
                                                           for i, m in enumerate(recipe["models"])]}
-    digest.update(tasks_file.read_bytes())
-    spec = yaml.safe_load(tasks_file.read_text())
+    spec = yaml.safe_load(tasks_file.read_text())  # parsed: comments (which name folders) do not count
+    digest.update(json.dumps(spec, sort_keys=True).encode())
     for task in spec["tasks"]:
         for field in ("data", "head"):
             if task.get(field):
