@@ -177,7 +177,7 @@ def chatterbot_utterances(language: str) -> dict[str, set[str]]:
     folder = package_dir("chatterbot_corpus") / "data" / language
     out = {}
     for f in sorted(folder.glob("*.yml")):
-        data = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
+        data = yaml.load(f.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
         lines = {" ".join(u.split()) for conv in data.get("conversations") or [] for u in conv if isinstance(u, str)}
         out[f.stem] = {u for u in lines if u}
     return out
@@ -223,8 +223,8 @@ ADDITION_TASKS = {"bbc-topic": bbc_topic, "tweet-sentiment": tweet_sentiment, "c
 # ---- CSV files for the product's tasks files ---------------------------------------------------------------------
 
 def write_csv(task: Task, path: Path) -> Path:
-    """`text,label,split` (labels as class names), split by split; within a split, shortest texts first, so that
-    `taskvec eval` -- which batches rows in file order -- pads little. Written once per content (atomic)."""
+    """`text,label,split` (labels as class names), split by split, each in the task's order. Written once per
+    content (atomic), and read back to check that every text survives the round trip."""
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -234,8 +234,8 @@ def write_csv(task: Task, path: Path) -> Path:
         w.writerow(["text", "label", "split"])
         for s in SPLITS:
             texts, labels = getattr(task, s)
-            for i in sorted(range(len(texts)), key=lambda i: (len(texts[i]), texts[i])):
-                w.writerow([texts[i], task.classes[labels[i]], s])
+            for t, y in zip(texts, labels):
+                w.writerow([t, task.classes[y], s])
     with tmp.open(newline="", encoding="utf-8") as f:  # the file reads back to exactly the task's examples
         back = {(r["text"], r["label"], r["split"]) for r in csv.DictReader(f)}
     want = {(t, task.classes[y], s) for s in SPLITS for t, y in zip(*getattr(task, s))}
