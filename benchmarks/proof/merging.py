@@ -5,6 +5,7 @@ scratch folder and removes it afterwards. What it scored is remembered by the me
 scoring.py), so the cache can never hold a number for other weights than the ones that earned it.
 """
 
+import copy
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,7 @@ def recipe(method: str, base: Path, models: list[Path], config: dict) -> str:
     model_params = {"weight": 1.0, **({"density": config["density"]} if "density" in config else {})}
     global_params = {k: v for k, v in config.items() if k != "density"}
     data = {"merge_method": method, "base_model": str(base), "dtype": "float32",
-            "models": [{"model": str(m), "parameters": dict(model_params)} for m in models]}
+            "models": [{"model": str(m), "parameters": copy.deepcopy(model_params)} for m in models]}
     if global_params:
         data["parameters"] = global_params
     return yaml.safe_dump(data, sort_keys=False)

@@ -54,10 +54,12 @@ def main(argv=None) -> None:
     ap.add_argument("--regimes", default="probe-first,strong", help="fine-tuning regimes of the addition experiment")
     ap.add_argument("--check-cli", action="store_true",
                     help="addition: also run `taskvec eval` on every fine-tune and compare with the benchmark")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: every CPU; 1 is faster when other jobs share the CPUs)")
     ap.add_argument("--report-only", action="store_true", help="rewrite REPORT.md from the results JSON files")
     args = ap.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up at once under make and in logs
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
     quiet_transformers()
     cache = (args.cache or ROOT / ".cache" / ("proof-smoke" if args.smoke else "proof")).resolve()
 
