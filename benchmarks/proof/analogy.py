@@ -11,10 +11,10 @@ because picking lambda with it would use real target data.
 
 from pathlib import Path
 
-from safetensors.torch import load_file
-
 from data import bbc_topic, synthetic_task, tweet_sentiment
-from encoder import Budget, Evaluator, finetune, train_probe
+from encoder import Training, finetune, train_probe
+from merging import merged
+from scoring import Scorer
 
 SWEEP = (0.5, 1.0, 1.5, 2.0)
 
@@ -26,8 +26,8 @@ def analogy_recipe(base: Path, c: Path, b: Path, a: Path, lam: float) -> str:
             f"  - model: {a}\n    parameters: {{weight: {-lam}}}\n")
 
 
-def run(base: Path, cache: Path, budget: Budget, smoke: bool) -> dict:
-    cache = cache / "analogy"
+def run(base: Path, cache: Path, training: Training, smoke: bool) -> dict:
+    """Models are fine-tuned in the probe-first regime (seed 0); accuracies come from `taskvec.evaluate`."""
     general, target = bbc_topic(), tweet_sentiment()
     if smoke:
         general, target = general.subset(64, 24), target.subset(64, 24)
@@ -35,27 +35,32 @@ def run(base: Path, cache: Path, budget: Budget, smoke: bool) -> dict:
              "target-synthetic": synthetic_task(target), "target-real": target}
     models = {}
     for name, task in tasks.items():
-        probe = train_probe(base, task, budget, cache)
-        models[name] = finetune(base, task, probe, 0, budget, cache / f"ft-{name}")
-    head = load_file(models["target-synthetic"] / "head.safetensors")
-    oracle_head = load_file(models["target-real"] / "head.safetensors")
+        probe = train_probe(base, task, training, cache)
+        models[name] = finetune(base, task, "probe-first", 0, training, cache, probe).folder
+    head, oracle_head = models["target-synthetic"] / "head.safetensors", models["target-real"] / "head.safetensors"
     real, synth = tasks["target-real"], tasks["target-synthetic"]
-    ev = Evaluator(budget, cache)
+    sc = Scorer(cache)
 
     def target_jobs(parts=("test",)):
-        return [(real, head, p, f"real/{p}") for p in parts] + [(synth, head, "test", "synthetic/test")]
+        jobs = [(real, p, head) for p in parts] + [(synth, "test", head)]
+        return [f"real/{p}" for p in parts] + ["synthetic/test"], jobs
 
-    result = {"settings": {"steps": budget.steps, "sweep": list(SWEEP), "general": general.name,
-                           "target": target.name, "test": len(real.test[0])},
-              "base_with_target_head": ev.accuracies(base, target_jobs()),
-              "synthetic_only": ev.accuracies(models["target-synthetic"], target_jobs(("val", "test"))),
-              "oracle": ev.accuracies(models["target-real"], [(real, oracle_head, "test", "real/test/oracle")]),
+    def scores(model, parts=("test",), what=""):
+        keys, jobs = target_jobs(parts)
+        return dict(zip(keys, sc.accuracies(model, jobs, what=what)))
+
+    result = {"settings": {"steps": training.steps, "regime": "probe-first", "sweep": list(SWEEP),
+                           "general": general.name, "target": target.name, "test": len(real.test[0])},
+              "base_with_target_head": scores(base, what="base with C's head"),
+              "synthetic_only": scores(models["target-synthetic"], ("val", "test"), "C"),
+              "oracle": {"real/test/oracle": sc.accuracies(models["target-real"], [(real, "test", oracle_head)],
+                                                           what="oracle")[0]},
               "sweep": []}
     sweep = SWEEP[1:2] if smoke else SWEEP
     for lam in sweep:
         text = analogy_recipe(base, models["target-synthetic"], models["general-real"], models["general-synthetic"], lam)
-        scores = ev.merge_accuracies(text, target_jobs(("val", "test")), cache / "merges")
-        result["sweep"].append({"lambda": lam, **scores})
+        with merged(text, cache / "merges") as folder:
+            result["sweep"].append({"lambda": lam, **scores(folder, ("val", "test"), f"D, lambda {lam}")})
     return result
 
 

