@@ -154,10 +154,12 @@ def table_rows(ref: dict[str, dict[str, float]], rows: dict[str, dict[str, float
 
 
 def write_tasks_file(setup: Setup, regime: str, seed: int, fts: dict[str, FineTuned], ref: dict) -> Path:
-    """<cache>/tasks/<regime>-seed<seed>/: data/<task>.csv (text,label,split) and tasks.yaml, one classification task
-    per fine-tune: held-out split test, tuning split val, its head, labels in head order, and the fine-tune's test
-    accuracy as reference (so normalized = merged / fine-tuned). Paths are relative to the tasks file."""
-    folder = setup.cache / "tasks" / f"{regime}-seed{seed}"
+    """<cache>/tasks/<regime>-seed<seed>/ (suffixed -<task>+<task>... when not every task is in): data/<task>.csv
+    (text,label,split) and tasks.yaml, one classification task per fine-tune: held-out split test, tuning split val,
+    its head, labels in head order, and the fine-tune's test accuracy as reference (so normalized = merged /
+    fine-tuned). Paths are relative to the tasks file."""
+    subset = "" if list(setup.tasks) == list(ADDITION_TASKS) else "-" + "+".join(setup.tasks)  # e.g. the demo's
+    folder = setup.cache / "tasks" / f"{regime}-seed{seed}{subset}"
     (folder / "data").mkdir(parents=True, exist_ok=True)
     entries = []
     for n, task in setup.tasks.items():
@@ -279,128 +281,3 @@ def run(setup: Setup, seeds: list[int]) -> dict:
                          "classes": {n: t.classes for n, t in tasks.items()},
                          "max_len": {n: t.max_len for n, t in tasks.items()}},
             "regimes": {r: {"seeds": {str(s): run_regime_seed(setup, r, s) for s in seeds}} for r in setup.regimes}}
-
-
-# ---- tables ------------------------------------------------------------------------------------------------------
-
-def _mean_sd(values: list) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "n/a"
-    return f"{statistics.fmean(values):.3f}" + (f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else "")
-
-
-def _signed(values: list) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "n/a"
-    return f"{statistics.fmean(values):+.3f}" + (f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else "")
-
-
-def gain_table(regime_result: dict, names: list[str]) -> str:
-    """Fine-tuning gain kept over the probe (pooled, then per task), mean ± sd over seeds."""
-    seeds = list(regime_result["seeds"].values())
-    rows = list(seeds[0]["rows"])
-    lines = ["| model | **gain kept (pooled)** | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
-    for row in rows:
-        lines.append(f"| {row} | **{_mean_sd([s['rows'][row]['gain_kept']['pooled'] for s in seeds])}** | "
-                     + " | ".join(_mean_sd([s["rows"][row]["gain_kept"][n] for s in seeds]) for n in names) + " |")
-    return "\n".join(lines)
-
-
-def accuracy_table(regime_result: dict, names: list[str]) -> str:
-    """Normalized accuracy (mean over tasks), then test accuracy per task, mean ± sd over seeds."""
-    seeds = list(regime_result["seeds"].values())
-    rows = list(seeds[0]["rows"])
-    lines = ["| model | **normalized** | mean accuracy | " + " | ".join(names) + " |", "|---" * (len(names) + 3) + "|"]
-    for row in rows:
-        lines.append(f"| {row} | **{_mean_sd([s['rows'][row]['normalized']['mean'] for s in seeds])}** | "
-                     f"{_mean_sd([s['rows'][row]['mean_test'] for s in seeds])} | "
-                     + " | ".join(_mean_sd([s["rows"][row]["test"][n] for s in seeds]) for n in names) + " |")
-    return "\n".join(lines)
-
-
-def preconditions_table(results: dict) -> str:
-    names = list(results["settings"]["splits"])
-    lines = ["| regime | seed | " + " | ".join(f"{n} gain (val)" for n in names) + " | mean gain (needs) | verdict |",
-             "|---" * (len(names) + 4) + "|"]
-    for regime, rr in results["regimes"].items():
-        for seed, s in rr["seeds"].items():
-            p = s["preconditions"]
-            lines.append(f"| {regime} | {seed} | " + " | ".join(f"{p['gains'][n]:+.3f}" for n in names)
-                         + f" | {p['mean_gain']:+.3f} (≥ {p['min_mean_gain']:+.2f}) | "
-                         + ("passed" if p["passed"] else "**FAILED**: " + "; ".join(p["failures"])) + " |")
-    return "\n".join(lines)
-
-
-def failed_preconditions(results: dict) -> list[str]:
-    return [f"{regime}, seed {seed}: {f}" for regime, rr in results["regimes"].items()
-            for seed, s in rr["seeds"].items() for f in s["preconditions"]["failures"]]
-
-
-def print_tables(results: dict, log=print) -> None:
-    names = list(results["settings"]["splits"])
-    for regime, rr in results["regimes"].items():
-        log(f"\n{regime}: fine-tuning gain kept over the probe (test)\n")
-        log(gain_table(rr, names))
-        log(f"\n{regime}: normalized accuracy and test accuracy\n")
-        log(accuracy_table(rr, names))
-    log("\nPreconditions (validation):\n")
-    log(preconditions_table(results))
-    for f in failed_preconditions(results):
-        log(f"!!! PRECONDITION FAILED — {f}")
-
-
-def markdown(results: dict, out_dir: Path, title: str = "## Addition: one MiniLM encoder with all task vectors merged",
-             ) -> str:
-    if "regimes" not in results:
-        return f"{title}\n\nResults predate the redesigned benchmark; re-run `run.py --parts addition`.\n"
-    s = results["settings"]
-    names = list(s["splits"])
-    tr = s["training"]
-    failed = failed_preconditions(results)
-    parts = [title, ""]
-    if failed:
-        parts += ["> **PRECONDITIONS FAILED** — these fine-tunes gain less over their probes than the design asks, "
-                  "so their rows test less than they should:", ">"]
-        parts += [f"> - {f}" for f in failed] + [""]
-    parts += [
-        "Tasks (deduplicated, stratified splits; no text in two splits of a task): " + ", ".join(
-            f"{n} ({len(s['classes'][n])} classes; train/val/test {c['train']}/{c['val']}/{c['test']})"
-            for n, c in s["splits"].items()) + ".",
-        "",
-        f"Each task: a linear probe on frozen base features, and a fine-tune of encoder + head, {tr['steps']} steps "
-        f"of {tr['batch']}, encoder lr {tr['lr_encoder']:g}, head lr {tr['lr_head']:g}, linear warm-up over "
-        f"{tr['warmup']:.0%} of the steps then linear decay. Two regimes: "
-        + "; ".join(f"**{r}** — {d}" for r, d in s["regimes"].items()) + ". "
-        "Each task is scored with its own fine-tuned head on the merged encoder, once, on test, with "
-        "`taskvec.evaluate` (the numbers `taskvec eval` prints for the same tasks file). Data-free merges at stated "
-        "defaults, made with `taskvec.merge_recipe`: " + "; ".join(
-            f"{row} = {m} {json.dumps(c)}" for row, (m, c) in s["data_free"].items()) + ".",
-        "",
-        "**Fine-tuning gain kept** over the probe, pooled: Σ(merged − probe) ÷ Σ(fine-tuned − probe) — 1 keeps "
-        "everything fine-tuning added beyond a head on the frozen base, 0 nothing, below 0 is worse than the probe. "
-        "Per task the same ratio (noisy where a task's gain is small).",
-        "",
-        "Preconditions (validation): every fine-tune beats its probe; mean gain ≥ "
-        + ", ".join(f"{v:+.2f} ({r})" for r, v in s["min_gain"].items()) + ".",
-        "", preconditions_table(results), ""]
-    for regime, rr in results["regimes"].items():
-        seeds = ", ".join(rr["seeds"])
-        gains = {n: [sd["reference"][n]["finetuned_test"] - sd["reference"][n]["probe_test"]
-                     for sd in rr["seeds"].values()] for n in names}
-        parts += [f"### {regime} (seeds {seeds})", "",
-                  "Fine-tuning gain over the probe on test (the denominator): "
-                  + ", ".join(f"{n} {_signed(g)}" for n, g in gains.items()) + ".", "",
-                  "Fine-tuning gain kept (test):", "", gain_table(rr, names), "",
-                  "Normalized accuracy (merged ÷ fine-tuned, mean over tasks) and test accuracy:", "",
-                  accuracy_table(rr, names), ""]
-        checks = [sd["cli_check"] for sd in rr["seeds"].values() if "cli_check" in sd]
-        if checks:
-            c = checks[0]
-            per = [v for k, v in c.items() if k != "agree"]
-            parts += [f"`taskvec eval <fine-tune> --tasks tasks.yaml` reproduces every fine-tune's own-task test "
-                      f"accuracy: {'yes' if c['agree'] else '**NO**'} (largest |difference| "
-                      f"{max(v['abs_diff'] for v in per):.1e}; {statistics.fmean(v['seconds'] for v in per):.0f} s "
-                      f"per call for {per[0]['examples']} test examples).", ""]
-    return "\n".join(parts)

