@@ -59,7 +59,7 @@ class Setup:
     training: Training = field(default_factory=Training)
     regimes: tuple[str, ...] = tuple(REGIMES)
     use_cli: bool = False  # merges through the `taskvec` command instead of the Python API
-    check_cli: bool = False  # also run `taskvec eval` on every fine-tune and compare with the benchmark's numbers
+    check_cli: bool = False  # also run `taskvec eval` on every fine-tune of the first seed and compare the numbers
     log: Callable[[str], None] = print
     tuned: tuple[str, ...] = ()  # rows of tuned.ROWS to add: `taskvec tune` (TPE) and AdaMerging, through the CLI
     tuned_cached_only: bool = False  # add only the tuned rows already computed
@@ -224,7 +224,20 @@ def check_with_cli(setup: Setup, tasks_file: Path, fts: dict[str, FineTuned], re
     return out
 
 
-def run_regime_seed(setup: Setup, regime: str, seed: int) -> dict:
+def entropy_per_task(folder: Path, steps: int = 10) -> dict:
+    """AdaMerging's mean prediction entropy per task over its first and last `steps` steps (one batch per step is
+    noisy), from best.adamerging.json: which tasks the summed objective made more confident, and which less. {} for
+    a TPE row."""
+    path = folder / "best.adamerging.json"
+    if not path.is_file():
+        return {}
+    history = json.loads(path.read_text())["history"]
+    tasks = list(history[0]["per_task"])
+    mean = lambda part: {t: statistics.fmean(h["per_task"][t] for h in part) for t in tasks}  # noqa: E731
+    return {"entropy_per_task": {"first": mean(history[:steps]), "last": mean(history[-steps:]), "steps": steps}}
+
+
+def run_regime_seed(setup: Setup, regime: str, seed: int, first: bool = True) -> dict:
     log = setup.log
     log(f"  {regime}, seed {seed}: fine-tuning {len(setup.tasks)} tasks ({setup.training.steps} steps each; "
         f"cached by content)")
@@ -261,8 +274,9 @@ def run_regime_seed(setup: Setup, regime: str, seed: int) -> dict:
               "tasks_file": str(tasks_file), "reference": ref, "preconditions": pre, "recipes": recipes,
               "rows": table_rows(ref, rows),
               "tuned": {row: {"settings": r["settings"], "details": r["details"], "seconds": r["seconds"],
-                              "recipe": r["recipe"].read_text()} for row, r in tuned_runs.items()}}
-    if setup.check_cli:
+                              "recipe": r["recipe"].read_text(), **entropy_per_task(r["recipe"].parent)}
+                        for row, r in tuned_runs.items()}}
+    if setup.check_cli and first:
         result["cli_check"] = check_with_cli(setup, tasks_file, fts, ref)
     return result
 
@@ -280,4 +294,5 @@ def run(setup: Setup, seeds: list[int]) -> dict:
                                           for n, t in tasks.items()},
                          "classes": {n: t.classes for n, t in tasks.items()},
                          "max_len": {n: t.max_len for n, t in tasks.items()}},
-            "regimes": {r: {"seeds": {str(s): run_regime_seed(setup, r, s) for s in seeds}} for r in setup.regimes}}
+            "regimes": {r: {"seeds": {str(s): run_regime_seed(setup, r, s, s == seeds[0]) for s in seeds}}
+                        for r in setup.regimes}}

@@ -139,15 +139,23 @@ def tuned_table(regime_result: dict) -> str:
 
 
 def adamerging_notes(regime_result: dict, names: list[str]) -> list[str]:
-    """Where AdaMerging lands below the probe, task by task (entropy minimisation can reward confident, wrong
-    heads): the measured facts; the report's text says why."""
+    """Per AdaMerging row: the tasks it leaves below their probes, and how each task's prediction entropy moved
+    (mean of the first and last steps, averaged over seeds) -- the objective is a sum over tasks, so it may buy
+    confidence on one task with another's."""
     notes = []
     for row in row_names(regime_result):
         if "AdaMerging" not in row:
             continue
         below = below_probe(regime_result, row)
+        runs = [s["tuned"][row]["entropy_per_task"] for s in regime_result["seeds"].values()
+                if "entropy_per_task" in s.get("tuned", {}).get(row, {})]
+        moved = ""
+        if runs:
+            moved = "; entropy first → last steps: " + ", ".join(
+                f"{n} {statistics.fmean(r['first'][n] for r in runs):.3f} → "
+                f"{statistics.fmean(r['last'][n] for r in runs):.3f}" for n in names if n in runs[0]["first"])
         notes.append(f"- {row}: " + ("below the probe on " + ", ".join(below) if below
-                                      else "no task below its probe"))
+                                      else "no task below its probe") + moved)
     return notes
 
 

@@ -58,7 +58,8 @@ def main(argv=None) -> None:
     ap.add_argument("--cli", action="store_true", help="merge through the `taskvec` command instead of the Python API")
     ap.add_argument("--regimes", default="probe-first,strong", help="fine-tuning regimes of the addition experiment")
     ap.add_argument("--check-cli", action="store_true",
-                    help="addition: also run `taskvec eval` on every fine-tune and compare with the benchmark")
+                    help="addition: also run `taskvec eval` on every fine-tune of the first seed and compare with "
+                         "the benchmark")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: every CPU; 1 is faster when other jobs share the CPUs)")
     ap.add_argument("--report-only", action="store_true", help="rewrite REPORT.md from the results JSON files")
