@@ -117,6 +117,11 @@ def goals(results: dict) -> list[str]:
     return lines
 
 
+def short(name: str) -> str:
+    """A searched value's name in a table cell: models[2].weight -> w2 (the third model's weight)."""
+    return name.replace("models[", "w").replace("].weight", "") if name.endswith("].weight") else name
+
+
 def tuned_table(regime_result: dict) -> str:
     """What each tuned row picked per seed, and what it cost."""
     lines = ["| model | seed | picked | tuning objective / entropy | s per candidate (median) | run s |",
@@ -125,7 +130,7 @@ def tuned_table(regime_result: dict) -> str:
         for row, t in s.get("tuned", {}).items():
             d = t["details"]
             if "best" in d:
-                picked = ", ".join(f"{name.replace('models[', 'w[')} {v:.3g}" for name, v in d["best"].items())
+                picked = ", ".join(f"{short(name)} {v:.3g}" for name, v in d["best"].items())
                 objective = f"{d['tuning_objective']:.3f}"
                 per = d["candidate_seconds"].get("median")
                 per = f"{per:.2f}" if per is not None else "n/a"
@@ -159,6 +164,24 @@ def adamerging_notes(regime_result: dict, names: list[str]) -> list[str]:
     return notes
 
 
+def summary_table(results: dict) -> str:
+    """Both regimes side by side (the README's table): per row, pooled gain kept and normalized accuracy, mean ± sd
+    over the seeds it has."""
+    regimes = results["regimes"]
+    rows = list(dict.fromkeys(r for rr in regimes.values() for r in row_names(rr)))
+    head = "| model | " + " | ".join(f"{g}: gain kept | {g}: normalized | {g}: seeds" for g in regimes) + " |"
+    lines = [head, "|---" * (1 + 3 * len(regimes)) + "|"]
+    for row in rows:
+        cells = []
+        for rr in regimes.values():
+            have = [s["rows"][row] for s in rr["seeds"].values() if row in s["rows"]]
+            seeds = ",".join(k for k, s in rr["seeds"].items() if row in s["rows"])
+            cells += [mean_sd([r["gain_kept"]["pooled"] for r in have]), mean_sd([r["normalized"]["mean"] for r in have]),
+                      seeds or "—"]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def print_tables(results: dict, log=print) -> None:
     names = list(results["settings"]["splits"])
     for regime, rr in results["regimes"].items():
@@ -170,6 +193,8 @@ def print_tables(results: dict, log=print) -> None:
     log(preconditions_table(results))
     for f in failed_preconditions(results):
         log(f"!!! PRECONDITION FAILED — {f}")
+    log("\nBoth regimes (pooled gain kept, normalized accuracy):\n")
+    log(summary_table(results))
     log("\nGoals:\n")
     for line in goals(results):
         log(line)
