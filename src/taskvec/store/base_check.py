@@ -65,7 +65,7 @@ class BaseCheck:
         if not self.allow:
             raise TaskvecError(f"{message}; or pass {OVERRIDE} if {self.base.label} was fine-tuned from that base")
         with self._lock:
-            self.notes.append(message)
+            self.notes.append(message + " (--allow-other-base: merged anyway)")
 
     def _check_headers(self, v: _Vector) -> None:
         base = self.base

@@ -81,11 +81,12 @@ def sparse_encode_count(t, k: int, dtype=None):
 
 
 def sparse_decode(indices, values, shape, start: int = 0, stop: int | None = None):
-    """The dense float32 entries [start, stop) of the flat tensor (all of it by default)."""
-    numel = math.prod(shape)
-    stop = numel if stop is None else stop
+    """The dense float32 entries [start, stop) of the flat tensor (all of it by default); stored entries outside
+    the window are left out."""
+    stop = math.prod(shape) if stop is None else stop
+    lo, hi = sparse_window(indices, start, stop) if (start, stop) != (0, math.prod(shape)) else (0, len(indices))
     out = torch.zeros(stop - start, dtype=torch.float32)
-    out[indices.long() - start] = values.float()
+    out[indices[lo:hi].long() - start] = values[lo:hi].float()
     return out
 
 
