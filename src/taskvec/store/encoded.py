@@ -117,7 +117,7 @@ class EncodedCheckpoint(Checkpoint):
             return decode([self.inner.read(f"{name}:u", rows), self.inner.read(f"{name}:v")], enc, rows)
         sign_rows = rows if len(shape) >= 2 else None
         scale = self.inner.read(f"{name}:scale", sign_rows if enc["scale"] == "row" else None)
-        out = decode([self.inner.read(f"{name}:bits", sign_rows), scale], enc)
+        out = decode([self.inner.read(f"{name}:bits", sign_rows), scale], enc, sign_rows)
         return out if rows is None or len(shape) >= 2 else out[rows[0]:rows[1]]
 
     def close(self) -> None:
