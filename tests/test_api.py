@@ -38,7 +38,9 @@ def test_manifest_records_base_identity_counts_and_skips(tmp_path):
     TaskVector.from_models(base, ft).save(tmp_path / "tv", options=Q)
     m = json.loads((tmp_path / "tv" / "taskvec.json").read_text())
     assert m["format"] == "taskvec/task-vector" and m["dtype"] == "float32"
-    assert m["base"]["architectures"] == ["ToyModel"] and m["base"]["fingerprint"].startswith("taskvec-fp1:")
+    assert m["base"]["architectures"] == ["ToyModel"] and m["base"]["fingerprint"].startswith("taskvec-fp2:")
+    assert m["version"] == 2 and set(m["base"]["tensors"]) == set(toy_tensors(0))
+    assert m["base"]["tensors"]["layers.1.b"]["shape"] == [4] and m["base"]["tensors"]["position_ids"]["dtype"] == "I64"
     assert m["num_tensors"] == 4 and m["num_parameters"] == 40 + 16 + 16 + 4
     skipped = {s["tensor"]: s["reason"] for s in m["skipped"]}
     assert "int64 tensor" in skipped["position_ids"] and "only in the fine-tuned model" in skipped["extra.head"]
@@ -70,15 +72,20 @@ def test_stored_task_vector_works_wherever_a_finetuned_model_does(tmp_path):
         torch.testing.assert_close(outs["model"][k], outs["vector"][k])
 
 
-def test_applying_to_the_right_base_does_not_warn(tmp_path, recwarn):
+def test_applying_to_the_right_base_does_not_warn_and_another_base_is_refused(tmp_path, recwarn):
     base = write_model(tmp_path / "base", toy_tensors(0))
     a = write_model(tmp_path / "a", toy_tensors(1))
     TaskVector.from_models(base, a).save(tmp_path / "tv", options=Q)
     result = TaskVector.load(tmp_path / "tv").apply(base, tmp_path / "out", options=Q)
-    assert result.warnings == [] and not [w for w in recwarn if "fingerprint" in str(w.message)]
+    assert result.warnings == [] and not [w for w in recwarn if "base" in str(w.message)]
     other = write_model(tmp_path / "other", toy_tensors(5))
-    with pytest.warns(UserWarning, match="is not that base"):
+    with pytest.raises(TaskvecError, match="is not the base") as e:
         TaskVector.load(tmp_path / "tv").apply(other, tmp_path / "out2", options=Q)
+    assert "'layers.0.w'" in str(e.value) and "--allow-other-base" in str(e.value)
+    assert not (tmp_path / "out2").exists() and not list(tmp_path.glob(".out2*"))
+    with pytest.warns(UserWarning, match="is not the base"):  # the override: a model fine-tuned from that base
+        TaskVector.load(tmp_path / "tv").apply(other, tmp_path / "out2", options=MergeOptions(
+            progress=False, allow_other_base=True))
 
 
 def test_compact_bfloat16_storage(tmp_path):

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 import taskvec
 from taskvec.cli import app
 
-COMMANDS = ["merge", "apply", "extract", "inspect", "eval", "methods", "version"]
+COMMANDS = ["merge", "apply", "extract", "fingerprint", "inspect", "eval", "methods", "version"]
 SRC = Path(__file__).resolve().parent.parent / "src"
 
 

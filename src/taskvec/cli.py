@@ -134,9 +134,12 @@ Force = Annotated[bool, typer.Option("--force", help="replace the output folder 
 Carry = Annotated[bool, typer.Option("--carry-missing", help="copy tensors only some models have, instead of failing")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")]
 Seed = Annotated[int, typer.Option("--seed", help="seed of the random drops (dare_*, della*): same seed, same output")]
+AllowOtherBase = Annotated[bool, typer.Option("--allow-other-base", help="add stored task vectors to a model that is "
+                                              "not their base (e.g. fine-tuned from it): warn instead of refusing")]
 
 
-def _options(shard_size, workers, device, compute_dtype, force, carry, quiet, seed=0) -> "MergeOptions":
+def _options(shard_size, workers, device, compute_dtype, force, carry, quiet, seed=0,
+             allow_other_base=False) -> "MergeOptions":
     from .dtypes import parse_dtype
     from .io.writer import parse_size
     from .merge import MergeOptions
@@ -146,7 +149,7 @@ def _options(shard_size, workers, device, compute_dtype, force, carry, quiet, se
     return MergeOptions(
         shard_size=parse_size(shard_size), workers=workers, device=device,
         compute_dtype=parse_dtype(compute_dtype, "--compute-dtype"), on_missing="carry" if carry else "error",
-        force=force, progress=not quiet, seed=seed,
+        force=force, progress=not quiet, seed=seed, allow_other_base=allow_other_base,
     )
 
 
@@ -169,10 +172,10 @@ def merge(
                                           "each model's parameters; bytes and peak memory) and write nothing")] = False,
     shard_size: ShardSize = "5GB", workers: Workers = None, device: Device = "cpu",
     compute_dtype: ComputeDtype = "float32", force: Force = False, carry_missing: Carry = False, quiet: Quiet = False,
-    seed: Seed = 0,
+    seed: Seed = 0, allow_other_base: AllowOtherBase = False,
 ):
     """Run a recipe (merge_method, base_model, models, parameters) and write a Hugging Face model folder."""
-    options = _options(shard_size, workers, device, compute_dtype, force, carry_missing, quiet, seed)
+    options = _options(shard_size, workers, device, compute_dtype, force, carry_missing, quiet, seed, allow_other_base)
     if dry_run:
         from .merge import describe_recipe
 
@@ -223,12 +226,13 @@ def apply(
     out_dtype: Annotated[Optional[str], typer.Option("--out-dtype", help="dtype of the saved floats")] = None,
     shard_size: ShardSize = "5GB", workers: Workers = None, device: Device = "cpu",
     compute_dtype: ComputeDtype = "float32", force: Force = False, carry_missing: Carry = False, quiet: Quiet = False,
+    allow_other_base: AllowOtherBase = False,
 ):
     """Task arithmetic, short form: BASE + sum of SCALE * task vector (a fine-tuned model counts as its own vector)."""
     from .inputs import is_task_vector
     from .vector import TaskVector
 
-    options = _options(shard_size, workers, device, compute_dtype, force, carry_missing, quiet)
+    options = _options(shard_size, workers, device, compute_dtype, force, carry_missing, quiet, 0, allow_other_base)
     total = None
     for arg in vectors:
         path, scale = parse_scaled(arg)
@@ -244,15 +248,48 @@ def extract(
     finetuned: Annotated[str, typer.Option("--finetuned", help="the fine-tuned model")],
     out: Annotated[Path, typer.Option("--out", "-o", help="task vector folder to write")],
     dtype: Annotated[str, typer.Option("--dtype", help="storage dtype of the deltas (float32 is exact)")] = "float32",
+    compress: Annotated[Optional[str], typer.Option("--compress", help="dense-bf16, sparse:DENSITY, lowrank:RANK, "
+                                                    "lowrank-energy:E or sign (sign:tensor)")] = None,
     shard_size: ShardSize = "5GB", workers: Workers = None, force: Force = False, quiet: Quiet = False,
 ):
-    """Store tau = finetuned - base as safetensors plus a taskvec.json manifest."""
+    """Store tau = finetuned - base as safetensors plus a taskvec.json manifest (optionally compressed)."""
+    if compress is not None:
+        from .store.codecs import parse
+
+        parse(compress)  # a bad spec fails before anything is read
     from .vector import TaskVector
 
     options = _options(shard_size, workers, "cpu", "float32", force, False, quiet)
-    path = TaskVector.from_models(base, finetuned).save(out, dtype=dtype, options=options)
+    path = TaskVector.from_models(base, finetuned).save(out, dtype=dtype, compress=compress, options=options)
+    if compress is not None:
+        import json
+
+        r = json.loads((path / "taskvec.json").read_text())["compression_report"]
+        worst = r["worst_tensor"] or {}
+        print(f"{r['compression']}: {r['stored_bytes'] / 1e6:,.2f} MB stored vs {r['dense_float32_bytes'] / 1e6:,.2f} "
+              f"MB dense float32 ({100 * (r['size_ratio'] or 0):.1f}%), relative error ||tau - decoded|| / ||tau|| = "
+              f"{r['relative_error']:.4g} (worst tensor {worst.get('tensor')!r}: {worst.get('relative_error', 0):.4g}; "
+              f"{r['encoded_tensors']} encoded, {r['dense_tensors']} dense)")
     if not quiet:
         err.print(f"wrote task vector {path}", highlight=False)
+
+
+@app.command("fingerprint", cls=Command)
+@friendly
+def fingerprint_command(
+    model: Annotated[str, typer.Argument(help="model folder, .safetensors/.bin file, shard index or cached model id")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the per-tensor hashes too, as JSON")] = False,
+):
+    """Print a model's fingerprint: sha256 per tensor (name, dtype, shape, bytes), one Merkle root, any sharding."""
+    from .store.fingerprint import fingerprint_model
+
+    fp = fingerprint_model(model)
+    if as_json:
+        import json
+
+        print(json.dumps({"model": model, **fp.to_dict()}, indent=2))
+    else:
+        print(fp.root)
 
 
 @app.command("inspect", cls=Command)

@@ -1,7 +1,5 @@
-"""A fingerprint of a model's tensors: names, dtypes, shapes and bytes, independent of how the files are sharded.
-
-Stored task vectors record the fingerprint of the base they were extracted from, so applying one to another base
-can be flagged. It is computed while the base streams through a merge, so it costs no extra read.
+"""The first fingerprint scheme (``taskvec-fp1:``, blake2b, no per-tensor hashes), kept to check task vectors
+stored before ``taskvec-fp2`` (``taskvec.store.fingerprint``); nothing writes it any more.
 """
 
 import hashlib
@@ -42,6 +40,12 @@ class Fingerprinter:
         with self._lock:
             self._lines[name] = line
 
+    def begin(self, name: str, dtype: torch.dtype, shape: tuple[int, ...]) -> "_Hash":
+        return _Hash(name, dtype, tuple(shape))
+
+    def finish(self, h: "_Hash") -> None:
+        self.add_digest(h.name, h.dtype, h.shape, h.digest.hexdigest())
+
     def has(self, name: str) -> bool:
         with self._lock:
             return name in self._lines
@@ -51,3 +55,13 @@ class Fingerprinter:
         for name in sorted(self._lines):
             h.update(self._lines[name].encode())
         return PREFIX + h.hexdigest()
+
+
+class _Hash:
+    """One tensor's blake2b, fed in blocks (the interface of ``taskvec.store.fingerprint.TensorHash``)."""
+
+    def __init__(self, name: str, dtype: torch.dtype, shape: tuple[int, ...]):
+        self.name, self.dtype, self.shape, self.digest = name, dtype, shape, new_digest()
+
+    def update(self, tensor: torch.Tensor) -> None:
+        update(self.digest, tensor)

@@ -15,6 +15,7 @@ from .io.checkpoint import Checkpoint, TensorInfo, open_checkpoint
 
 MANIFEST = "taskvec.json"
 FORMAT = "taskvec/task-vector"
+MANIFEST_VERSION = 2  # 2: per-tensor base hashes (taskvec-fp2) and compressed tensors ("encodings")
 
 
 class Input:
@@ -61,7 +62,9 @@ class StoredVectorInput(Input):
     def __init__(self, folder: Path, label: str | None = None):
         self.folder = Path(folder)
         self.manifest = read_manifest(self.folder)
-        self.checkpoint = open_checkpoint(self.folder)
+        from .store.encoded import open_encoded  # compressed vectors decode on read; plain ones are as stored
+
+        self.checkpoint = open_encoded(open_checkpoint(self.folder), self.manifest, self.folder / MANIFEST)
         self.label = label or str(folder)
 
     def delta(self, name, base, dtype, device, rows=None):
@@ -117,8 +120,15 @@ def read_manifest(folder: Path) -> dict:
         manifest = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise TaskvecError(f"{path}: unreadable task-vector manifest ({e})") from e
-    if manifest.get("format") != FORMAT:
-        raise TaskvecError(f"{path}: not a taskvec task-vector manifest (format {manifest.get('format')!r})")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise TaskvecError(f"{path}: not a taskvec task-vector manifest (format {found!r})")
+    version = manifest.get("version", 1)
+    if not isinstance(version, int) or version > MANIFEST_VERSION:
+        raise TaskvecError(f"{path}: task-vector manifest version {version!r} is newer than this taskvec reads "
+                           f"({MANIFEST_VERSION}); upgrade taskvec")
+    if not isinstance(manifest.get("base", {}), dict):
+        raise TaskvecError(f"{path}: 'base' must be an object (the base's ref and fingerprint)")
     return manifest
 
 

@@ -24,13 +24,13 @@ from .engine.reference import ReferenceMerger
 from .engine.scheduler import DEFAULT_MEMORY_BUDGET, BufferPool, Job, RunStats, default_workers, execute
 from .engine.statistics import with_global_selections
 from .errors import TaskvecError
-from .fingerprint import Fingerprinter
 from .inputs import Input, ModelInput, StoredVectorInput, is_task_vector, open_input
 from .io.checkpoint import Checkpoint, open_checkpoint
 from .io.model_folder import copy_aux_files, model_card
 from .io.writer import ShardedWriter, prepare_target
 from .methods import MergeMethod
 from .recipe import Recipe, input_specs, load_recipe, validate_recipe
+from .store.base_check import BaseCheck
 
 
 @dataclass
@@ -46,6 +46,7 @@ class MergeOptions:
     progress: bool = True
     memory_budget: int = DEFAULT_MEMORY_BUDGET  # bytes of tensors in flight; one bigger tensor still runs, alone
     seed: int = 0  # for methods that drop entries at random (DARE, DELLA)
+    allow_other_base: bool = False  # a stored task vector into a base other than its own: warn instead of refusing
 
 
 @dataclass
@@ -127,7 +128,7 @@ def _opened(recipe: Recipe | str | Path, opener=None) -> Iterator[_Run]:
 
 def make_plan(base: Checkpoint | None, inputs: list[Input], method: MergeMethod, model_settings: list[dict],
               global_settings: dict, options: MergeOptions, out_dtype: torch.dtype | None = None,
-              fingerprint: Fingerprinter | None = None) -> MergePlan:
+              fingerprint=None) -> MergePlan:
     """The plan of a merge with these options: each tensor's resolved parameters and path (fused or reference)."""
     device = _device(options.device)
     fast = fused.runs(method, base, inputs, device, options.compute_dtype, fingerprint)
@@ -204,9 +205,7 @@ class _Prepared:
     options: MergeOptions
     workers: int
     single_threaded: bool
-    fingerprint: Fingerprinter | None
-    expected: set
-    base_label: str | None
+    base_check: BaseCheck | None
 
     def execute(self, writer) -> tuple[RunStats, list[str]]:
         # block-parallel elementwise work runs best one thread per worker; statistics (TIES) use torch's own threads
@@ -219,14 +218,10 @@ class _Prepared:
         finally:
             torch.set_num_threads(threads)
         notes = list(self.plan.warnings)
-        if self.fingerprint is not None and self.fingerprint.hexdigest() not in self.expected:
-            notes.append(
-                f"the task vector(s) were extracted from a base with fingerprint {', '.join(sorted(self.expected))}, "
-                f"and {self.base_label} is not that base ({self.fingerprint.hexdigest()}): fine for a model "
-                "fine-tuned from it (adding a colleague's skill to your model) or the same weights in another dtype, "
-                "meaningless for an unrelated model"
-            )
-            warnings.warn(notes[-1])
+        if self.base_check is not None:  # refuses a wrong base (before the output is committed) unless allowed
+            for note in self.base_check.finish():
+                notes.append(note)
+                warnings.warn(note)
         return stats, notes
 
 
@@ -235,9 +230,8 @@ def _prepare(base: Checkpoint | None, inputs: list[Input], method: MergeMethod, 
     """Plan the merge (with whole-vector selections, when asked) and make one job per output tensor."""
     device = _device(options.device)
     workers = options.workers or default_workers()
-    expected = {i.manifest.get("base", {}).get("fingerprint") for i in inputs if isinstance(i, StoredVectorInput)}
-    expected.discard(None)
-    fingerprint = Fingerprinter() if expected and base is not None else None
+    base_check = BaseCheck.for_inputs(base, inputs, options.allow_other_base)  # names, shapes, dtypes: now
+    fingerprint = base_check.fingerprinter if base_check is not None else None
     plan = make_plan(base, inputs, method, model_settings, global_settings, options, out_dtype, fingerprint)
     inputs = plan.inputs  # in the plan's canonical order
     needs_base = base is not None and (
@@ -259,8 +253,7 @@ def _prepare(base: Checkpoint | None, inputs: list[Input], method: MergeMethod, 
         return Job(t.name, t.shape, t.out_dtype, t.read_bytes, lambda: reference.merge(t), memory)
 
     single = (method.streaming or fast is not None) and workers > 1
-    return _Prepared(plan, [job(t) for t in plan.tensors], method, options, workers, single, fingerprint, expected,
-                     base.label if base is not None else None)
+    return _Prepared(plan, [job(t) for t in plan.tensors], method, options, workers, single, base_check)
 
 
 def _job_memory(t: TensorPlan, reference: ReferenceMerger, fast: fused.FusedMerger | None) -> int:

@@ -20,8 +20,8 @@ from .engine.plan import TensorPlan
 from .engine.reference import ReferenceMerger
 from .engine.scheduler import Job, execute
 from .errors import TaskvecError
-from .fingerprint import Fingerprinter
-from .inputs import FORMAT, MANIFEST, DifferenceInput, Input, ModelInput, StoredVectorInput, is_task_vector
+from .store.fingerprint import Fingerprinter
+from .inputs import FORMAT, MANIFEST, MANIFEST_VERSION, DifferenceInput, Input, ModelInput, StoredVectorInput, is_task_vector
 from .io.checkpoint import open_checkpoint
 from .io.model_folder import model_card
 from .io.writer import ShardedWriter, prepare_target
@@ -126,20 +126,31 @@ class TaskVector:
             for inp in inputs:
                 inp.close()
 
-    def save(self, out: str | Path, *, dtype: str = "float32", options: MergeOptions | None = None) -> Path:
-        """Evaluate the expression and store it as a task vector (deltas as safetensors plus a JSON manifest)."""
+    def save(self, out: str | Path, *, dtype: str = "float32", compress: str | None = None,
+             options: MergeOptions | None = None) -> Path:
+        """Evaluate the expression and store it as a task vector (deltas as safetensors plus a JSON manifest).
+
+        ``compress`` (``dense-bf16``, ``sparse:D``, ``lowrank:R``, ``lowrank-energy:E``, ``sign``) stores it
+        encoded (``taskvec.store.codecs``); the manifest's ``compression_report`` gives its size against dense
+        float32 and the relative error ||tau - decoded|| / ||tau||. ``dtype`` is then the dtype of the stored values
+        and factors (dense-bf16: bfloat16)."""
         options = options or MergeOptions()
         prepare_target(Path(out), options.force)
         store_dtype = parse_dtype(dtype, "task vector dtype")
+        compression = None
+        if compress not in (None, "", "none"):
+            from .store.codecs import parse
+
+            compression = parse(compress)
         fingerprints: dict[str, Fingerprinter] = {}
         inputs = self._inputs(fingerprints=fingerprints)
         try:
-            return self._save(inputs, Path(out), store_dtype, fingerprints, options)
+            return self._save(inputs, Path(out), store_dtype, fingerprints, options, compression)
         finally:
             for inp in inputs:
                 inp.close()
 
-    def _save(self, inputs, out, store_dtype, fingerprints, options) -> Path:
+    def _save(self, inputs, out, store_dtype, fingerprints, options, compression=None) -> Path:
         coefs = list(self.terms.values())
         shapes: dict[str, tuple[int, ...]] = {}
         read_bytes: dict[str, int] = {}
@@ -161,7 +172,8 @@ class TaskVector:
         for name in shapes:
             skipped.pop(name, None)
         dtypes = {n: inp.info(n).dtype for inp in reversed(inputs) for n in inp.names() if n in shapes}
-        plans = [TensorPlan(n, shapes[n], dtypes[n], store_dtype, read_bytes[n],
+        job_dtype = store_dtype if compression is None else torch.float32  # compressed: encoded from exact deltas
+        plans = [TensorPlan(n, shapes[n], dtypes[n], job_dtype, read_bytes[n],
                             models=tuple(ModelArgs({"weight": c}) for c in coefs),
                             params={"lambda": 1.0, "normalize": False}) for n in shapes]
         # whole tensors, as before: each base tensor is then read once, and fingerprinted on that read
@@ -171,14 +183,31 @@ class TaskVector:
                                    needs_base=False, fingerprint=None, add_base=False)
 
         def job(plan: TensorPlan) -> Job:
-            return Job(plan.name, plan.shape, store_dtype, plan.read_bytes, lambda: executor.merge(plan),
-                       executor.memory(plan))
+            encoding = 0 if compression is None else 16 * plan.numel  # the codec's float32 temporaries (SVD)
+            return Job(plan.name, plan.shape, job_dtype, plan.read_bytes, lambda: executor.merge(plan),
+                       executor.memory(plan) + encoding)
 
-        specs = [(n, store_dtype, shapes[n]) for n in shapes]
+        if compression is None:
+            specs = [(n, store_dtype, shapes[n]) for n in shapes]
+        else:
+            from .store.encoded import EncodingWriter, plan_encoding
+
+            values_dtype = torch.bfloat16 if compression.kind == "dense-bf16" else store_dtype
+            ranks = _energy_ranks(plans, executor, compression) if compression.kind == "lowrank-energy" else {}
+            encodings = {n: e for n in shapes
+                         if (e := plan_encoding(shapes[n], compression, values_dtype, ranks.get(n))) is not None}
+            specs = EncodingWriter.specs(shapes, encodings, values_dtype, values_dtype)
         with ShardedWriter(out, specs, options.shard_size, prefix="task_vector", force=options.force) as writer:
-            stats = execute([job(p) for p in plans], writer, options.workers, "extract", options.progress,
+            sink = writer if compression is None else EncodingWriter(writer, encodings, values_dtype, values_dtype)
+            stats = execute([job(p) for p in plans], sink, options.workers, "extract", options.progress,
                             options.memory_budget)
-            manifest = self._manifest(inputs, fingerprints, store_dtype, specs, skipped, stats)
+            logical = [(n, store_dtype, shapes[n]) for n in shapes]
+            manifest = self._manifest(inputs, fingerprints, store_dtype, logical, skipped, stats)
+            if compression is not None:
+                manifest["dtype"] = dtype_name(values_dtype)
+                manifest["compression_report"] = sink.report(compression)
+                manifest["compression"] = str(compression)
+                manifest["encodings"] = encodings
             writer.write_text(MANIFEST, json.dumps(manifest, indent=2) + "\n")
             writer.write_text("README.md", _vector_card(manifest))
             return writer.commit()
@@ -189,8 +218,15 @@ class TaskVector:
                 for name in inp.origin.names():
                     if not inp.fingerprint.has(name):
                         inp.fingerprint.add(name, inp.origin.read(name))
-        prints = {fp.hexdigest() for fp in fingerprints.values()}
-        prints |= {i.manifest.get("base", {}).get("fingerprint") for i in inputs if isinstance(i, StoredVectorInput)}
+        prints: dict = {}  # root -> per-tensor hashes
+        for fp in fingerprints.values():
+            result = fp.result()
+            prints[result.root] = result.tensors
+        for i in inputs:
+            if isinstance(i, StoredVectorInput):
+                b = i.manifest.get("base", {})
+                if not prints.get(b.get("fingerprint")):
+                    prints[b.get("fingerprint")] = b.get("tensors")
         first = inputs[0]
         if isinstance(first, DifferenceInput):
             origin = first.origin
@@ -200,10 +236,12 @@ class TaskVector:
         else:
             base_info = dict(first.manifest.get("base", {}))
             finetuned = first.manifest.get("finetuned", [])
-        base_info["fingerprint"] = prints.pop() if len(prints) == 1 else None
+        (root, tensors), = prints.items() if len(prints) == 1 else [(None, None)]
+        base_info["fingerprint"] = root  # None: the terms came from different bases, nothing to check against
+        base_info["tensors"] = tensors
         return {
             "format": FORMAT,
-            "version": 1,
+            "version": MANIFEST_VERSION,
             "created_by": f"taskvec {__version__}",
             "expression": repr(self),
             "base": base_info,
@@ -214,6 +252,19 @@ class TaskVector:
             "seconds": round(stats.seconds, 3),
             "skipped": [{"tensor": n, "reason": r} for n, r in sorted(skipped.items())],
         }
+
+
+def _energy_ranks(plans, executor, compression) -> dict[str, int]:
+    """lowrank-energy's rank per matrix, from its singular values: a first pass, since the output's layout (the
+    factors' shapes) must be known before the safetensors headers are written."""
+    from .store.codecs import energy_rank, lowrank_pays
+
+    ranks = {}
+    for plan in plans:
+        if lowrank_pays(plan.shape, 1):
+            s = torch.linalg.svdvals(executor.merge(plan).float())
+            ranks[plan.name] = energy_rank(s, compression.value)
+    return ranks
 
 
 class _ZeroWhereAbsent(Input):

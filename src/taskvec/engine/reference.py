@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..fingerprint import Fingerprinter, new_digest, update
+from ..store.fingerprint import update
 from ..inputs import Input
 from ..io.checkpoint import Checkpoint
 from ..methods import MergeMethod
@@ -23,7 +23,7 @@ from .statistics import with_statistics
 
 class ReferenceMerger:
     def __init__(self, method: MergeMethod, base: Checkpoint | None, inputs: list[Input], device: torch.device,
-                 compute_dtype: torch.dtype, needs_base: bool, fingerprint: Fingerprinter | None,
+                 compute_dtype: torch.dtype, needs_base: bool, fingerprint,
                  add_base: bool = True):
         self.method, self.base, self.inputs = method, base, inputs
         self.device, self.cd, self.needs_base, self.fingerprint = device, compute_dtype, needs_base, fingerprint
@@ -53,7 +53,8 @@ class ReferenceMerger:
         models = plan.models
         if method.selection is not None:
             models = with_statistics(method, plan, blocks, lambda rows, which: self._deltas(name, rows, which))
-        digest = new_digest() if self.fingerprint is not None and self.needs_base else None
+        digest = self.fingerprint.begin(name, plan.source_dtype, plan.shape) \
+            if self.fingerprint is not None and self.needs_base else None
         out = None if blocks == [None] else torch.empty(plan.shape, dtype=plan.out_dtype)
         for rows in blocks:
             raw = self.base.read(name, rows) if self.needs_base else None
@@ -74,5 +75,5 @@ class ReferenceMerger:
             else:  # cast while copying into place, then check the stored values
                 check_finite(name, out[rows[0]:rows[1]].copy_(merged), self.inputs)
         if digest is not None:
-            self.fingerprint.add_digest(name, plan.source_dtype, plan.shape, digest.hexdigest())
+            self.fingerprint.finish(digest)
         return out
