@@ -81,11 +81,11 @@ def test_applying_to_the_right_base_does_not_warn_and_another_base_is_refused(tm
     other = write_model(tmp_path / "other", toy_tensors(5))
     with pytest.raises(TaskvecError, match="is not the base") as e:
         TaskVector.load(tmp_path / "tv").apply(other, tmp_path / "out2", options=Q)
-    assert "'layers.0.w'" in str(e.value) and "--allow-other-base" in str(e.value)
+    assert "'layers.0.w'" in str(e.value) and "--force-base" in str(e.value)
     assert not (tmp_path / "out2").exists() and not list(tmp_path.glob(".out2*"))
     with pytest.warns(UserWarning, match="is not the base"):  # the override: a model fine-tuned from that base
         TaskVector.load(tmp_path / "tv").apply(other, tmp_path / "out2", options=MergeOptions(
-            progress=False, allow_other_base=True))
+            progress=False, force_base=True))
 
 
 def test_compact_bfloat16_storage(tmp_path):

@@ -103,7 +103,7 @@ def test_a_base_differing_in_two_tensors_is_refused_naming_them(tmp_path):
         merge_recipe(_recipe(tmp_path / "other", tv), tmp_path / "out", Q)
     msg = str(e.value)
     assert "is not the base" in msg and "2 of 5 tensors differ ('embed.weight', 'layers.1.b')" in msg
-    assert "--allow-other-base" in msg and "layers.0.w" not in msg
+    assert "--force-base" in msg and "layers.0.w" not in msg
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
     merge_recipe(_recipe(write_model(tmp_path / "resharded", toy_tensors(0), shards=3), tv), tmp_path / "ok", Q)
 
@@ -127,7 +127,7 @@ def test_another_dtype_is_named_and_the_override_warns(tmp_path):
         merge_recipe(_recipe(tmp_path / "half", tv), tmp_path / "out", Q)
     with pytest.warns(UserWarning, match="another dtype"):
         result = merge_recipe(_recipe(tmp_path / "half", tv), tmp_path / "out",
-                              MergeOptions(progress=False, allow_other_base=True))
+                              MergeOptions(progress=False, force_base=True))
     assert len(result.warnings) == 1
 
 
@@ -166,5 +166,5 @@ def test_apply_cli_refuses_and_overrides(tmp_path, cli):
     write_model(tmp_path / "other", toy_tensors(4))
     code, out = cli("apply", tmp_path / "other", tv, "--out", tmp_path / "o", "-q", ok=False)
     assert code == 2 and "is not the base" in out and "'layers.0.w'" in out
-    cli("apply", tmp_path / "other", tv, "--out", tmp_path / "o", "-q", "--allow-other-base")
+    cli("apply", tmp_path / "other", tv, "--out", tmp_path / "o", "-q", "--force-base")
     assert (tmp_path / "o" / "model.safetensors").is_file()

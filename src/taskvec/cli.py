@@ -134,12 +134,12 @@ Force = Annotated[bool, typer.Option("--force", help="replace the output folder 
 Carry = Annotated[bool, typer.Option("--carry-missing", help="copy tensors only some models have, instead of failing")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")]
 Seed = Annotated[int, typer.Option("--seed", help="seed of the random drops (dare_*, della*): same seed, same output")]
-AllowOtherBase = Annotated[bool, typer.Option("--allow-other-base", help="add stored task vectors to a model that is "
+ForceBase = Annotated[bool, typer.Option("--force-base", help="add stored task vectors to a model that is "
                                               "not their base (e.g. fine-tuned from it): warn instead of refusing")]
 
 
 def _options(shard_size, workers, device, compute_dtype, force, carry, quiet, seed=0,
-             allow_other_base=False) -> "MergeOptions":
+             force_base=False) -> "MergeOptions":
     from .dtypes import parse_dtype
     from .io.writer import parse_size
     from .merge import MergeOptions
@@ -149,7 +149,7 @@ def _options(shard_size, workers, device, compute_dtype, force, carry, quiet, se
     return MergeOptions(
         shard_size=parse_size(shard_size), workers=workers, device=device,
         compute_dtype=parse_dtype(compute_dtype, "--compute-dtype"), on_missing="carry" if carry else "error",
-        force=force, progress=not quiet, seed=seed, allow_other_base=allow_other_base,
+        force=force, progress=not quiet, seed=seed, force_base=force_base,
     )
 
 
@@ -172,10 +172,10 @@ def merge(
                                           "each model's parameters; bytes and peak memory) and write nothing")] = False,
     shard_size: ShardSize = "5GB", workers: Workers = None, device: Device = "cpu",
     compute_dtype: ComputeDtype = "float32", force: Force = False, carry_missing: Carry = False, quiet: Quiet = False,
-    seed: Seed = 0, allow_other_base: AllowOtherBase = False,
+    seed: Seed = 0, force_base: ForceBase = False,
 ):
     """Run a recipe (merge_method, base_model, models, parameters) and write a Hugging Face model folder."""
-    options = _options(shard_size, workers, device, compute_dtype, force, carry_missing, quiet, seed, allow_other_base)
+    options = _options(shard_size, workers, device, compute_dtype, force, carry_missing, quiet, seed, force_base)
     if dry_run:
         from .merge import describe_recipe
 
@@ -226,13 +226,13 @@ def apply(
     out_dtype: Annotated[Optional[str], typer.Option("--out-dtype", help="dtype of the saved floats")] = None,
     shard_size: ShardSize = "5GB", workers: Workers = None, device: Device = "cpu",
     compute_dtype: ComputeDtype = "float32", force: Force = False, carry_missing: Carry = False, quiet: Quiet = False,
-    allow_other_base: AllowOtherBase = False,
+    force_base: ForceBase = False,
 ):
     """Task arithmetic, short form: BASE + sum of SCALE * task vector (a fine-tuned model counts as its own vector)."""
     from .inputs import is_task_vector
     from .vector import TaskVector
 
-    options = _options(shard_size, workers, device, compute_dtype, force, carry_missing, quiet, 0, allow_other_base)
+    options = _options(shard_size, workers, device, compute_dtype, force, carry_missing, quiet, 0, force_base)
     total = None
     for arg in vectors:
         path, scale = parse_scaled(arg)

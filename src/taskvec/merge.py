@@ -46,7 +46,7 @@ class MergeOptions:
     progress: bool = True
     memory_budget: int = DEFAULT_MEMORY_BUDGET  # bytes of tensors in flight; one bigger tensor still runs, alone
     seed: int = 0  # for methods that drop entries at random (DARE, DELLA)
-    allow_other_base: bool = False  # a stored task vector into a base other than its own: warn instead of refusing
+    force_base: bool = False  # a stored task vector into a base other than its own: warn instead of refusing
 
 
 @dataclass
@@ -230,7 +230,7 @@ def _prepare(base: Checkpoint | None, inputs: list[Input], method: MergeMethod, 
     """Plan the merge (with whole-vector selections, when asked) and make one job per output tensor."""
     device = _device(options.device)
     workers = options.workers or default_workers()
-    base_check = BaseCheck.for_inputs(base, inputs, options.allow_other_base)  # names, shapes, dtypes: now
+    base_check = BaseCheck.for_inputs(base, inputs, options.force_base)  # names, shapes, dtypes: now
     fingerprint = base_check.fingerprinter if base_check is not None else None
     plan = make_plan(base, inputs, method, model_settings, global_settings, options, out_dtype, fingerprint)
     inputs = plan.inputs  # in the plan's canonical order

@@ -3,7 +3,7 @@
 Names, shapes and dtypes are compared with the vector's record before anything is read ("different architecture",
 "another dtype"); the bytes are compared as the base streams through the merge, each tensor's sha256 against the
 recorded one, so a wrong base is refused naming the tensors that differ -- after at most ``LIMIT`` of them, before
-the output is committed. ``allow_other_base`` (``--allow-other-base``) turns every refusal into a warning: right
+the output is committed. ``force_base`` (``--force-base``) turns every refusal into a warning: right
 for a model fine-tuned from the vector's base (adding a colleague's skill to your own model).
 """
 
@@ -15,7 +15,7 @@ from ..errors import TaskvecError
 from .fingerprint import LEGACY_PREFIX, PREFIX, Fingerprinter, Fingerprinters, dtype_code
 
 LIMIT = 5  # differing tensors named (and, without the override, the point where the merge stops)
-OVERRIDE = "--allow-other-base (MergeOptions(allow_other_base=True))"
+OVERRIDE = "--force-base (MergeOptions(force_base=True))"
 
 
 class _Vector:
@@ -34,8 +34,8 @@ class _Vector:
 class BaseCheck:
     """Built for a merge's stored task vectors that record a fingerprint; feed ``fingerprinter`` the base's bytes."""
 
-    def __init__(self, base, vectors: list[tuple[str, dict]], allow_other_base: bool = False):
-        self.base, self.allow = base, allow_other_base
+    def __init__(self, base, vectors: list[tuple[str, dict]], force_base: bool = False):
+        self.base, self.allow = base, force_base
         self.vectors = [_Vector(label, info) for label, info in vectors]
         self.notes: list[str] = []
         self._lock = threading.Lock()
@@ -52,20 +52,20 @@ class BaseCheck:
                 self._check_headers(v)
 
     @classmethod
-    def for_inputs(cls, base, inputs, allow_other_base: bool = False) -> "BaseCheck | None":
+    def for_inputs(cls, base, inputs, force_base: bool = False) -> "BaseCheck | None":
         """None when there is nothing to check (no base, or no stored vector records a fingerprint)."""
         from ..inputs import StoredVectorInput
 
         vectors = [(i.label, i.manifest.get("base") or {}) for i in inputs if isinstance(i, StoredVectorInput)]
         vectors = [(label, info) for label, info in vectors
                    if str(info.get("fingerprint") or "").startswith((PREFIX, LEGACY_PREFIX))]
-        return cls(base, vectors, allow_other_base) if base is not None and vectors else None
+        return cls(base, vectors, force_base) if base is not None and vectors else None
 
     def _refuse(self, message: str) -> None:
         if not self.allow:
             raise TaskvecError(f"{message}; or pass {OVERRIDE} if {self.base.label} was fine-tuned from that base")
         with self._lock:
-            self.notes.append(message + " (--allow-other-base: merged anyway)")
+            self.notes.append(message + " (--force-base: merged anyway)")
 
     def _check_headers(self, v: _Vector) -> None:
         base = self.base
