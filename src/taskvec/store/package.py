@@ -136,11 +136,33 @@ def write_package(vector: str | Path, out: str | Path, ref: str, *, license: str
                   description: str = "", tags: list[str] | tuple[str, ...] = (), metrics: dict | None = None,
                   base_id: str | None = None, force: bool = False) -> PackageManifest:
     """Package a stored task-vector folder (``taskvec extract``) as ``ref`` = ``org/name@version``."""
-    from ..inputs import MANIFEST as VECTOR_MANIFEST
-    from ..inputs import StoredVectorInput
     from ..io.writer import atomic_folder
 
-    pref = names.parse_ref(ref)
+    files = vector_files(vector)
+    with atomic_folder(Path(out), force) as tmp:
+        entries = [FileEntry(path=p.name, **_copy_hashed(p, tmp / BLOBS, None)) for p in files]
+        manifest = describe_vector(vector, ref, entries, license=license, publisher=publisher,
+                                   description=description, tags=tags, metrics=metrics, base_id=base_id)
+        write_atomic(tmp / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
+    return manifest
+
+
+def make_manifest(vector: str | Path, ref: str, *, license: str, publisher: str, description: str = "",
+                  tags: list[str] | tuple[str, ...] = (), metrics: dict | None = None,
+                  base_id: str | None = None) -> tuple[PackageManifest, dict[str, Path]]:
+    """The manifest ``write_package`` would write, with the files hashed where they are (nothing copied), and
+    digest -> file: what ``taskvec push`` uploads."""
+    files = vector_files(vector)
+    entries = [FileEntry(path=p.name, **hash_file(p)) for p in files]
+    manifest = describe_vector(vector, ref, entries, license=license, publisher=publisher, description=description,
+                               tags=tags, metrics=metrics, base_id=base_id)
+    return manifest, {e.sha256: Path(vector) / e.path for e in entries}
+
+
+def vector_files(vector: str | Path) -> list[Path]:
+    """The plain files of a stored task-vector folder, each with a name a package may hold."""
+    from ..inputs import MANIFEST as VECTOR_MANIFEST
+
     vector = Path(vector)
     if not (vector / VECTOR_MANIFEST).is_file():
         raise TaskvecError(f"{vector}: not a task vector folder (no {VECTOR_MANIFEST}); extract one with "
@@ -150,6 +172,18 @@ def write_package(vector: str | Path, out: str | Path, ref: str, *, license: str
         if p.is_symlink() or not p.is_file():
             raise TaskvecError(f"{p}: a package holds only the plain files of a task-vector folder; remove it")
         check_file_name(p.name)
+    return files
+
+
+def describe_vector(vector: str | Path, ref: str, entries: list[FileEntry], *, license: str, publisher: str,
+                    description: str = "", tags: list[str] | tuple[str, ...] = (), metrics: dict | None = None,
+                    base_id: str | None = None) -> PackageManifest:
+    """The manifest of a task-vector folder whose files are ``entries``; checks the folder as a merge would."""
+    from ..inputs import MANIFEST as VECTOR_MANIFEST
+    from ..inputs import StoredVectorInput
+
+    pref = names.parse_ref(ref)
+    vector = Path(vector)
     inp = StoredVectorInput(vector)  # checks the manifest, the headers and any encodings
     try:
         vm = inp.manifest
@@ -162,9 +196,8 @@ def write_package(vector: str | Path, out: str | Path, ref: str, *, license: str
                                encoding=encodings.get(n, {}).get("codec", "dense")) for n in inp.names()]
     finally:
         inp.close()
-    with atomic_folder(Path(out), force) as tmp:
-        entries = [FileEntry(path=p.name, **_copy_hashed(p, tmp / BLOBS, None)) for p in files]
-        manifest = PackageManifest(
+    try:
+        return PackageManifest(
             name=pref.repo, version=pref.version,
             base=BaseInfo(fingerprint=base["fingerprint"], id_hint=base_id),
             architecture=Architecture(model_type=base.get("model_type"), architectures=base.get("architectures", []),
@@ -173,8 +206,10 @@ def write_package(vector: str | Path, out: str | Path, ref: str, *, license: str
             size=sum(e.size for e in entries), license=license, description=description, tags=list(tags),
             metrics=metrics, publisher=publisher, created=datetime.now(timezone.utc), files=entries,
         )
-        write_atomic(tmp / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
-    return manifest
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "(top level)"
+        raise TaskvecError(f"package {ref}: field {where}: {first['msg']}") from e
 
 
 def load_manifest(package: str | Path) -> PackageManifest:
@@ -193,18 +228,25 @@ def load_manifest(package: str | Path) -> PackageManifest:
 def read_package(package: str | Path, out: str | Path, force: bool = False) -> Path:
     """Unpack a package into a task-vector folder that ``taskvec merge``/``apply`` accept; every blob's size and
     sha256 is checked while it is copied, and the folder appears only if all of them match."""
+    package = Path(package)
+    return unpack(load_manifest(package), package / BLOBS, out, force, label=str(package))
+
+
+def unpack(manifest: PackageManifest, blobs: str | Path, out: str | Path, force: bool = False,
+           label: str | None = None) -> Path:
+    """``read_package`` for a manifest whose blobs lie in ``blobs/<sha256>`` (a package's, or a download cache)."""
     from ..inputs import MANIFEST as VECTOR_MANIFEST
     from ..inputs import StoredVectorInput
     from ..io.writer import atomic_folder
 
-    package = Path(package)
-    manifest = load_manifest(package)
+    blobs = Path(blobs)
+    package = label or manifest.ref
     paths = [f.path for f in manifest.files]
     if len(set(paths)) != len(paths) or VECTOR_MANIFEST not in paths:
-        raise TaskvecError(f"{package / MANIFEST}: its files must be distinct and include {VECTOR_MANIFEST}")
+        raise TaskvecError(f"{package}: its manifest's files must be distinct and include {VECTOR_MANIFEST}")
     with atomic_folder(Path(out), force) as tmp:
         for f in manifest.files:
-            _copy_hashed(blob_path(package, f.sha256), tmp, f)
+            _copy_hashed(blobs / f.sha256, tmp, f)
         inp = StoredVectorInput(tmp, label=str(out))  # the manifest, headers and encodings, before it appears
         try:
             got = inp.manifest.get("base", {}).get("fingerprint")
@@ -217,6 +259,16 @@ def read_package(package: str | Path, out: str | Path, force: bool = False) -> P
         finally:
             inp.close()
     return Path(out)
+
+
+def hash_file(path: Path) -> dict:
+    """{"sha256", "size"} of a file, read in blocks."""
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as r:
+        while chunk := r.read(_CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return {"sha256": h.hexdigest(), "size": size}
 
 
 def _copy_hashed(src: Path, dest_dir: Path, expect: FileEntry | None) -> dict:
