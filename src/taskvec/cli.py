@@ -500,9 +500,16 @@ def version():
     print(f"taskvec {__version__}")
 
 
+# the store's commands (push, pull, search, show, equip, store ...) register themselves on `app`; imported last, so
+# that every name they take from this module exists
+from . import store_cli  # noqa: E402,F401
+
+
 def main() -> None:
     app()
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m taskvec.cli`: run the imported module, on whose app store_cli registered
+    from taskvec.cli import main as _main
+
+    sys.exit(_main())

@@ -40,6 +40,18 @@ def resolve(root: str | Path | None, db: str | None, blobs: str | None, **limits
     return ServerSettings(db, blobs, **limits)
 
 
+def resolve_db(root: str | Path | None, db: str | None) -> str:
+    """The database URL of ``--root DIR`` or ``--db URL`` (token commands need only the database)."""
+    if (root is None) == (db is None):
+        raise TaskvecError("which store? give either --root DIR or --db URL (its database)")
+    if db is not None:
+        return db
+    root = Path(root).expanduser().resolve()
+    if not (root / "store.db").is_file():
+        root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'store.db'}"
+
+
 def parse_size(text: str, what: str) -> int:
     """``64GiB``, ``500MB``, ``1048576`` -> bytes."""
     m = re.match(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*$", str(text))
