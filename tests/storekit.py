@@ -90,6 +90,6 @@ class Store:
         c = StoreClient("http://testserver", token, cache=cache)
         c.http.close()
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        c.http = TestClient(self.app, base_url="http://testserver", headers=headers,
-                            event_hooks={"request": hooks or []})
+        c.http = TestClient(self.app, base_url="http://testserver", headers=headers)
+        c.http.event_hooks = {"request": hooks or [], "response": []}
         return c

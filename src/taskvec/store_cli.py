@@ -205,10 +205,8 @@ def push(
     names.parse_ref(ref)
     tag_list = [t.strip() for item in tags or [] for t in item.split(",") if t.strip()]
     with _client(store, token, quiet) as client:
-        meta = {"license": license, "description": description, "tags": tag_list, "base_id": base_id}
-        if publisher:
-            meta["publisher"] = publisher
-        r = client.push(vector, ref, **meta)
+        r = client.push(vector, ref, license=license, publisher=publisher, description=description, tags=tag_list,
+                        base_id=base_id)
     if r.status == "exists":
         print(f"{r.ref}: already published with this content; nothing changed")
     else:

@@ -189,11 +189,13 @@ class StoreClient:
                        content=manifest.model_dump_json().encode(), headers={"Content-Type": "application/json"})
         return r.json()
 
-    def push(self, vector: str | Path, ref: str, **meta) -> PushResult:
+    def push(self, vector: str | Path, ref: str, *, license: str = "unknown", publisher: str | None = None,
+             description: str = "", tags: list[str] | tuple[str, ...] = (), metrics: dict | None = None,
+             base_id: str | None = None) -> PushResult:
         """Package a stored task-vector folder as ``ref``, upload the blobs the store lacks, then the manifest."""
         pref = names.parse_ref(ref)
-        meta.setdefault("publisher", pref.org)
-        manifest, files = make_manifest(vector, ref, **meta)
+        manifest, files = make_manifest(vector, ref, license=license, publisher=publisher or pref.org,
+                                        description=description, tags=tags, metrics=metrics, base_id=base_id)
         sizes = {f.sha256: f.size for f in manifest.files}
         missing = [d for d in sizes if self.blob_size(d) != sizes[d]]
         result = PushResult(ref, "created", present=len(sizes) - len(missing))
