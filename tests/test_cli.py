@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 import taskvec
 from taskvec.cli import app
 
-COMMANDS = ["merge", "apply", "extract", "fingerprint", "inspect", "eval", "methods", "version"]
+COMMANDS = ["merge", "apply", "extract", "fingerprint", "inspect", "eval", "methods", "version", "push", "pull",
+            "search", "show", "equip", "store"]
 SRC = Path(__file__).resolve().parent.parent / "src"
 
 
@@ -107,7 +108,8 @@ def test_the_cli_and_the_package_start_without_torch():
     assert "torch" in imported_modules("from taskvec import merge_recipe, TaskVector, MergeOptions, InspectReport")
 
 
-@pytest.mark.parametrize("args", [["--help"], ["merge", "--help"], ["version"], ["frobnicate"]])
+@pytest.mark.parametrize("args", [["--help"], ["merge", "--help"], ["version"], ["frobnicate"], ["equip", "--help"],
+                                  ["store", "serve", "--help"]])
 def test_help_and_errors_do_not_import_torch(args):
     code = f"sys.argv = ['taskvec', *{args!r}]\nfrom taskvec.cli import main\ntry: main()\nexcept SystemExit: pass"
     p = run("-c", f"import sys\n{code}\nprint('torch' in sys.modules, 'numba' in sys.modules)", python=True)

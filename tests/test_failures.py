@@ -87,7 +87,8 @@ def test_unknown_command_names_it_and_lists_taskvecs_commands():
     result = CliRunner().invoke(app, ["frobnicate"])
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr == ("error: No such command 'frobnicate'. The commands are: merge, apply, extract, "
-                             "fingerprint, inspect, eval, tune, methods, version. See 'taskvec --help'.\n")
+                             "fingerprint, inspect, eval, tune, methods, version, push, pull, search, show, equip, "
+                             "store. See 'taskvec --help'.\n")
 
 
 def test_unknown_option_on_merge_is_one_line_with_exit_status_2(tmp_path):
@@ -95,3 +96,30 @@ def test_unknown_option_on_merge_is_one_line_with_exit_status_2(tmp_path):
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr.startswith("error: No such option: --bogus") and result.stderr.count("\n") == 1
     assert "taskvec merge --help" in result.stderr and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["push", "{tmp}/nothing", "acme/x@1", "--store", "http://127.0.0.1:9"], "not a task vector folder"),
+    (["push", "{tmp}", "acme/..x@1", "--store", "http://127.0.0.1:9"], "package name '..x'"),
+    (["pull", "acme/x", "--out", "{tmp}/o", "--store", "http://127.0.0.1:9"], "no version"),
+    (["pull", "acme/x@1", "--out", "{tmp}/o", "--store", "http://127.0.0.1:9"], "cannot reach it"),
+    (["search", "--store", "ftp://x"], "give its URL"),
+    (["show", "acme/x@1"], "which store?"),
+    (["equip", "{tmp}/base", "acme/x@1", "--out", "{tmp}/o", "--store", "http://127.0.0.1:9"], "no such file"),
+    (["equip", "{tmp}", "acme/x@1", "--method", "nope", "--out", "{tmp}/o", "--store", "http://127.0.0.1:9"],
+     "nope"),
+    (["store", "serve"], "where is the store?"),
+    (["store", "token", "create", "--org", "acme"], "which store?"),
+    (["store", "token", "create", "--root", "{tmp}/s", "--org", "../x"], "not a valid org"),
+    (["store", "login", "127.0.0.1:9"], "give its URL"),
+])
+def test_store_commands_fail_in_one_line_with_exit_status_2(tmp_path, monkeypatch, args, expected):
+    monkeypatch.setenv("TASKVEC_CONFIG", str(tmp_path / "config"))
+    monkeypatch.setenv("TASKVEC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("TASKVEC_STORE", raising=False)
+    monkeypatch.delenv("TASKVEC_TOKEN", raising=False)
+    result = CliRunner().invoke(app, [a.format(tmp=tmp_path) for a in args])
+    assert result.exit_code == 2, result.output
+    assert result.stdout == "" and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert expected in result.stderr, result.stderr
+    assert not (tmp_path / "o").exists()
