@@ -273,8 +273,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
                 raise ApiError(400, f"{ref}: blob {f.sha256} ({f.path}) has {have} bytes, the manifest says "
                                     f"{f.size}; nothing was published")
         _check_vector_manifest(ref, manifest)
-        data = json.loads(body)
-        result = db.publish(data, manifest.model_dump_json(), token_id)
+        stored = manifest.model_dump_json()  # normalised: defaults filled in, so equal content compares equal
+        result = db.publish(json.loads(stored), stored, token_id)
         if result.status == "conflict":
             raise ApiError(409, f"{ref}: this version is already published with other content, and published "
                                 "versions never change; publish a new version")
