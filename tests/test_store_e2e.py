@@ -88,7 +88,8 @@ def test_publish_search_pull_and_equip_through_a_real_server(server, tmp_path, c
     _, out = cli("show", "acme/topic@1.0.0")
     assert "taskvec-fp2:" in out and "license: mit" in out
 
-    cli("pull", "acme/topic@1.0.0", "--out", tmp_path / "pulled", "--quiet")
+    _, out = cli("pull", "acme/topic@1.0.0", "--out", tmp_path / "pulled")  # with its progress bar
+    assert "digests verified" in out
     assert {p.name: p.read_bytes() for p in tv.iterdir()} == {p.name: p.read_bytes()
                                                               for p in (tmp_path / "pulled").iterdir()}
 

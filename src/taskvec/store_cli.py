@@ -193,9 +193,11 @@ def push(
     vector: Annotated[Path, typer.Argument(help="stored task-vector folder (taskvec extract; compressed or not)")],
     ref: Annotated[str, typer.Argument(help="org/name@version to publish it as")],
     description: Annotated[str, typer.Option("--description", help="what it does")] = "",
-    tags: Annotated[Optional[list[str]], typer.Option("--tags", "--tag", help="a tag (repeat, or comma-separated)")] = None,
+    tags: Annotated[Optional[list[str]], typer.Option("--tags", "--tag",
+                                                      help="tags (repeat, or comma-separated)")] = None,
     license: Annotated[str, typer.Option("--license", help="its license, e.g. apache-2.0")] = "unknown",
-    base_id: Annotated[Optional[str], typer.Option("--base-id", help="where its base can be had, e.g. a Hub id")] = None,
+    base_id: Annotated[Optional[str], typer.Option("--base-id", help="where its base can be had, "
+                                                   "e.g. a Hub id")] = None,
     publisher: Annotated[Optional[str], typer.Option("--publisher", help="who publishes it (default: the org)")] = None,
     store: StoreUrl = None, token: Token = None, quiet: Quiet = False,
 ):
