@@ -15,6 +15,7 @@ from ..errors import TaskvecError
 from . import names
 
 PREFIX = "tvs_"
+COOKIE = "taskvec_token"  # the catalog's login cookie (HttpOnly, SameSite=Strict): reads only, never writes
 
 
 def new_secret() -> str:

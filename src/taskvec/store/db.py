@@ -207,6 +207,13 @@ class Database:
             return list(s.scalars(select(Version).where(Version.org == org, Version.name == name)
                                   .order_by(Version.published.desc(), Version.id.desc())))
 
+    def latest(self, org: str, limit: int = 500) -> list[Version]:
+        """The newest version of each package of ``org`` (the catalog's org page), newest first."""
+        newest = select(func.max(Version.id)).where(Version.org == org).group_by(Version.name)
+        with self.sessions() as s:
+            return list(s.scalars(select(Version).where(Version.id.in_(newest))
+                                  .order_by(Version.published.desc(), Version.id.desc()).limit(limit)))
+
     def search(self, q: str | None = None, name: str | None = None, org: str | None = None,
                tags: list[str] | tuple[str, ...] = (), base: str | None = None, architecture: str | None = None,
                limit: int = 50, offset: int = 0) -> tuple[int, list[Version]]:

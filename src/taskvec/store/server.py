@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 
-from fastapi import Depends, FastAPI, Header, Path, Query, Request
+from fastapi import Cookie, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -31,6 +31,7 @@ from .. import __version__
 from ..errors import TaskvecError
 from . import auth, names
 from .blobs import DIGEST, BlobError, BlobStore
+from .catalog import add_catalog
 from .db import Database, _iso
 from .package import BaseInfo, PackageManifest
 from .settings import ServerSettings
@@ -123,8 +124,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, 500)
 
     # who may do what
-    def caller(authorization: str | None = Header(None, description="Bearer <token>")) -> tuple[int, list[str]] | None:
-        token = auth.bearer(authorization)
+    def identify(token: str | None) -> tuple[int, list[str]] | None:
         if token is None:
             return None
         digest = auth.digest(token)
@@ -134,7 +134,14 @@ def create_app(settings: ServerSettings) -> FastAPI:
                                 "server", {"WWW-Authenticate": "Bearer"})
         return db.token_id(digest), orgs
 
-    def reader(who=Depends(caller)):
+    def caller(authorization: str | None = Header(None, description="Bearer <token>")) -> tuple[int, list[str]] | None:
+        return identify(auth.bearer(authorization))
+
+    def reader(authorization: str | None = Header(None, description="Bearer <token>"),
+               cookie: str | None = Cookie(None, alias=auth.COOKIE, include_in_schema=False)):
+        """Reads take the header, or the catalog's login cookie (so its download links work on a private store);
+        writes take only the header, so a cookie can never be used to publish (no cross-site writes)."""
+        who = identify(auth.bearer(authorization) or (cookie if settings.private else None))
         if settings.private and who is None:
             raise ApiError(401, "this store is private: pass a token (--token or TASKVEC_TOKEN)",
                            {"WWW-Authenticate": "Bearer"})
@@ -330,6 +337,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         row = found(ref_param(org, name, version))
         return Response(row.manifest, media_type="application/json")
 
+    add_catalog(app, db, blobs, settings)
     return app
 
 
