@@ -175,3 +175,58 @@ def postgresql():
         yield cluster.start()
     finally:
         cluster.stop()
+
+
+def make_token(db_url: str, orgs=("acme",)) -> str:
+    """A token in the store's database, as `taskvec store token create` makes one."""
+    from taskvec.store.auth import create_token
+    from taskvec.store.db import Database
+
+    db = Database(db_url)
+    try:
+        return create_token(db, list(orgs))[1]
+    finally:
+        db.close()
+
+
+class Stack:
+    """Where a store keeps its state (SQLite under a root, or PostgreSQL plus a blob folder), a token for acme, and
+    server processes started on it -- all stopped at teardown."""
+
+    def __init__(self, tmp: Path, db_url: str | None):
+        self.tmp, self.servers = tmp, []
+        if db_url is None:
+            self.where = {"root": tmp / "store"}
+            self.where["root"].mkdir()
+            self.db_url, self.blobs = f"sqlite:///{tmp / 'store' / 'store.db'}", tmp / "store" / "blobs"
+        else:
+            self.blobs = tmp / "blobs"
+            self.where, self.db_url = {"db": db_url, "blobs": str(self.blobs)}, db_url
+        self.token = make_token(self.db_url)
+
+    def serve(self) -> ServerProcess:
+        server = ServerProcess(self.tmp / f"server{len(self.servers)}.log", **self.where)
+        self.servers.append(server)
+        return server.start()
+
+    def incoming(self) -> list[Path]:
+        return sorted((self.blobs / "incoming").iterdir())
+
+    def client(self, server: ServerProcess, name: str = "cache"):
+        from taskvec.store.client import StoreClient
+
+        return StoreClient(server.url, self.token, cache=self.tmp / name)
+
+    def headers(self) -> dict:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def stack(request, tmp_path):
+    db_url = None if request.param == "sqlite" else request.getfixturevalue("postgresql").database()
+    s = Stack(tmp_path, db_url)
+    try:
+        yield s
+    finally:
+        for server in s.servers:
+            server.stop()

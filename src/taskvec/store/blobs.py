@@ -4,6 +4,10 @@
     ROOT/incoming/<random>      an upload in progress: hashed while written, moved into place only if the digest
                                 matches the one it was sent under
 
+An upload cut off by a crash (the server killed mid-stream) leaves only its ``incoming/`` object, which nothing ever
+reads; ``clean_incoming`` removes those no one has written to for a while (a server runs it when it starts; live
+uploads of other servers sharing the store are written to every moment, so they are spared).
+
 A blob appears under its name whole or not at all (a rename on local disks), so servers sharing the store never see
 half a blob, and two uploads of the same blob are harmless: content addressing makes them the same file.
 """
@@ -12,8 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 
 import fsspec
 
@@ -64,6 +70,24 @@ class BlobStore:
                 if left is not None:
                     left -= len(chunk)
                 yield chunk
+
+    def clean_incoming(self, older_than: float) -> int:
+        """Remove uploads in ``incoming/`` not written to for ``older_than`` seconds: what a crash left. Returns how
+        many; filesystems that do not report modification times are left alone."""
+        removed = 0
+        for path in self.fs.ls(f"{self.root}/incoming", detail=False):
+            try:
+                modified = self.fs.modified(path)
+            except (NotImplementedError, FileNotFoundError):
+                continue
+            age = time.time() - (modified.timestamp() if isinstance(modified, datetime) else float(modified))
+            if age >= older_than:
+                try:
+                    self.fs.rm(path)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+        return removed
 
     def writer(self, digest: str, max_size: int) -> "BlobWriter":
         return BlobWriter(self, digest, max_size)

@@ -26,6 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..errors import TaskvecError
@@ -98,6 +99,7 @@ class ApiError(HTTPException):
 def create_app(settings: ServerSettings) -> FastAPI:
     db = Database(settings.db_url)
     blobs = BlobStore(settings.blobs_url)
+    blobs.clean_incoming(settings.stale_upload_seconds)  # what a killed server left half-uploaded
     app = FastAPI(
         title="taskvec store", version=__version__,
         description="Publish, search and download task vectors. Reads are public unless the server runs "
@@ -118,6 +120,12 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @app.exception_handler(BlobError)
     async def _blob_error(request: Request, exc: BlobError):
         return JSONResponse({"error": str(exc)}, exc.status)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect):
+        """The client went away mid-request (an upload cut off): its temporary object is already removed; nothing
+        to answer and no server error to log."""
+        return Response(status_code=400)
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception):  # pragma: no cover -- a bug; still JSON, no traceback

@@ -24,6 +24,7 @@ class ServerSettings:
     max_manifest_bytes: int = 8 * 2**20
     max_blob_bytes: int = 64 * 2**30
     max_vector_manifest_bytes: int = 64 * 2**20  # the taskvec.json blob the server reads to check the base
+    stale_upload_seconds: float = 3600  # at start, remove incoming/ uploads not written to for this long (crashes)
 
 
 def resolve(root: str | Path | None, db: str | None, blobs: str | None, **limits) -> ServerSettings:
