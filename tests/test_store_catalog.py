@@ -17,7 +17,7 @@ from serverkit import ServerProcess
 from storekit import Store, make_vector
 
 from taskvec.store.auth import COOKIE, create_token
-from taskvec.store.catalog import human_size
+from taskvec.store.catalog import equip_command, human_size
 from taskvec.store.client import StoreClient
 from taskvec.store.db import Database
 
@@ -67,6 +67,15 @@ def test_pages_escape_what_publishers_write_and_show_the_equip_command(tmp_path,
     assert listed("/?base=" + "0" * 64) == [] and listed("/?architecture=ToyModel&q=movie") == ["acme/sentiment"]
     assert listed("/o/acme") == ["acme/sentiment", "acme/topic"] and listed("/v/acme/topic") == ["acme/topic"]
     assert "Nothing matches" in store.http.get("/?q=nothing-like-this").text
+
+
+@pytest.mark.parametrize("hint,shown", [
+    ("sentence-transformers/all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"),
+    ("/models/base-v1", "/models/base-v1"), ("--force-base", "BASE"), ("x; rm -rf ~", "BASE"),
+    ("$(curl evil)", "BASE"), ("a\nb", "BASE"), ("", "BASE")])
+def test_the_equip_command_names_the_base_only_when_the_hint_is_plain(hint, shown):
+    manifest = {"name": "acme/topic", "version": "1.0.0", "base": {"id_hint": hint}}
+    assert equip_command(manifest) == f"taskvec equip {shown} acme/topic@1.0.0 --out topic-equipped"
 
 
 @pytest.mark.parametrize("path,status", [("/v/acme/nothing/1.0.0", 404), ("/v/acme/nothing", 404),

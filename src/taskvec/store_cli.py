@@ -88,7 +88,8 @@ def serve(
                                                              "accepted (default 8MiB)")] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's: warning, info, debug")] = "info",
 ):
-    """Serve a store: its JSON API at /api (documented at /docs), metadata in SQL, blobs on a filesystem."""
+    """Serve a store: the web catalog at /, its JSON API at /api (documented at /docs), metadata in SQL, blobs on a
+    filesystem."""
     settings = _settings(root, db, blobs, private, max_blob_size, max_manifest_size)
     try:
         import uvicorn
@@ -97,7 +98,8 @@ def serve(
     except ImportError as e:
         raise TaskvecError(f"the store server needs its extra: pip install 'taskvec[store]' ({e.name} is missing)")
     application = create_app(settings)
-    err.print(f"taskvec store: http://{host}:{port} (API docs at /docs); database {_hide(settings.db_url)}, blobs "
+    err.print(f"taskvec store: http://{host}:{port} (catalog at /, API docs at /docs); database "
+              f"{_hide(settings.db_url)}, blobs "
               f"{settings.blobs_url}{', private' if private else ''}", highlight=False)
     uvicorn.run(application, host=host, port=port, log_level=log_level)
 

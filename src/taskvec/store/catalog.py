@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 from importlib.resources import files
 from urllib.parse import parse_qs, quote
 
@@ -42,6 +41,7 @@ HEADERS = {
 }
 _STATIC = {"catalog.css": "text/css; charset=utf-8", "catalog.js": "text/javascript; charset=utf-8"}
 _HEX = re.compile(r"^[0-9a-f]{64}$")
+_PLAIN = re.compile(r"^[A-Za-z0-9_./][A-Za-z0-9._/@:+-]{0,199}$")  # nothing a shell reads specially, no option
 
 
 def human_size(n: int) -> str:
@@ -54,10 +54,12 @@ def human_size(n: int) -> str:
 
 
 def equip_command(manifest: dict) -> str:
-    """The one line that equips this version: the base by its hint when the publisher gave one, else BASE."""
-    org, name = manifest["name"].split("/", 1)
-    base = manifest["base"].get("id_hint") or "BASE"
-    return f"taskvec equip {shlex.quote(base)} {manifest['name']}@{manifest['version']} --out {name}-equipped"
+    """The one line that equips this version: the base by the publisher's hint when it looks like a Hub id or a
+    path, else BASE -- a hint is free text, and a command people paste into a shell must not carry surprises."""
+    name = manifest["name"].split("/", 1)[1]
+    hint = manifest["base"].get("id_hint") or ""
+    base = hint if _PLAIN.match(hint) else "BASE"
+    return f"taskvec equip {base} {manifest['name']}@{manifest['version']} --out {name}-equipped"
 
 
 def _environment() -> Environment:
@@ -182,7 +184,8 @@ def add_catalog(app: FastAPI, db: Database, blobs: BlobStore, settings: ServerSe
             return problem(request, 404, f"{ref}: no such version on this store")
         manifest = json.loads(row.manifest)
         return render(request, "version.html", org=org, name=name, m=manifest, published=_iso(row.published),
-                      equip=equip_command(manifest), card=read_card(blobs, manifest), store=str(request.base_url).rstrip("/"),
+                      equip=equip_command(manifest), card=read_card(blobs, manifest),
+                      store=str(request.base_url).rstrip("/"),
                       others=[v.version for v in db.versions(ref.org, ref.name)])
 
     @app.get("/login", include_in_schema=False)
