@@ -2,59 +2,22 @@
 commands a user types -- login, push, search --base, show, pull, equip -- against it."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-import httpx
 import pytest
 import torch
 from conftest import read_model, toy_tensors, write_model
+from serverkit import ServerProcess
 from storekit import CONFIG, other_base
-
-SRC = Path(__file__).resolve().parent.parent / "src"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def server(tmp_path):
-    port, root = free_port(), tmp_path / "store"
-    log = open(tmp_path / "server.log", "w")
-    env = dict(os.environ, PYTHONPATH=str(SRC), HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, "-m", "taskvec.cli", "store", "serve", "--root", str(root),
-                             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
+    root = tmp_path / "store"
+    proc = ServerProcess(tmp_path / "server.log", root=root)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the server exited ({proc.returncode}): {(tmp_path / 'server.log').read_text()}")
-            try:
-                if httpx.get(f"{url}/api/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("the server did not answer within 60 s")
-            time.sleep(0.1)
-        yield url, root
+        yield proc.start().url, root
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        proc.stop()
 
 
 def test_publish_search_pull_and_equip_through_a_real_server(server, tmp_path, cli, monkeypatch):
