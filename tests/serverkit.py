@@ -99,7 +99,8 @@ class PostgresCluster:
         self.user = None
         if os.geteuid() == 0:
             self.user = next(u for u in ("postgres", "nobody") if _has_user(u))
-        self.dir = Path(tempfile.mkdtemp(prefix="taskvec-pg-"))
+        # in /tmp when run as root: the unprivileged user must reach it (pytest's root-owned folders are 0700)
+        self.dir = Path(tempfile.mkdtemp(prefix="taskvec-pg-", dir="/tmp" if self.user else None))
         self.data = self.dir / "data"
         self.pid: int | None = None
 
