@@ -25,7 +25,11 @@ def test_adding_a_colleagues_task_vector_to_your_model(cli, tmp_path):
 def test_apply_short_form_adds_the_colleagues_vector_to_your_model(cli, tmp_path):
     tv = tmp_path / "colleague.tv"
     cli("extract", "--base", EXAMPLES / "neuron/base", "--finetuned", EXAMPLES / "neuron/colleague", "--out", tv, "-q")
-    cli("apply", EXAMPLES / "neuron/mine", f"{tv}:1.0", "--out", tmp_path / "out", "-q")
+    # "mine" is not the vector's base (it was fine-tuned from it): refused unless said on purpose, nothing written
+    code, output = cli("apply", EXAMPLES / "neuron/mine", f"{tv}:1.0", "--out", tmp_path / "out", "-q", ok=False)
+    assert code != 0 and "neuron.weight" in output and "--force-base" in output
+    assert not (tmp_path / "out").exists()
+    cli("apply", EXAMPLES / "neuron/mine", f"{tv}:1.0", "--out", tmp_path / "out", "-q", "--force-base")
     assert read_model(tmp_path / "out")["neuron.weight"].reshape(-1).tolist() == [3.0, 2.0, -2.0]
 
 
