@@ -200,6 +200,18 @@ def print_tables(results: dict, log=print) -> None:
         log(line)
 
 
+def search_spaces() -> str:
+    """The TPE rows' search spaces and tuning-split size, read from tuned.py (what the runs used)."""
+    from tuned import TUNE_EXAMPLES, search_recipe
+
+    parts = []
+    for method in ("task_arithmetic", "ties", "dare_ties"):
+        r = search_recipe(method, "base", ["model"])
+        space = {**{"weight per model": r["models"][0]["parameters"]["weight"]}, **r.get("parameters", {})}
+        parts.append(f"{method} " + json.dumps(space, ensure_ascii=False))
+    return f"TPE tunes on {TUNE_EXAMPLES} stratified validation texts per task; search spaces: " + "; ".join(parts)
+
+
 def tuned_settings(results: dict) -> str:
     """How the tuned rows were made, from the settings stored with them."""
     seen = {}
@@ -239,7 +251,7 @@ def markdown(results: dict, out_dir: Path, title: str = "## Addition: one MiniLM
         "",
         "Tuned rows, run through the command line (`taskvec tune`) on the tasks file of each regime and seed, tuning on "
         "a stratified part of the validation split (benchmarks/proof/tuned.py) and scoring their pick once on test: "
-        + (tuned_settings(results) or "none in this run") + ".",
+        + (tuned_settings(results) or "none in this run") + ". " + search_spaces() + ".",
         "",
         "**Fine-tuning gain kept** over the probe, pooled: Σ(merged − probe) ÷ Σ(fine-tuned − probe) — 1 keeps "
         "everything fine-tuning added beyond a head on the frozen base, 0 nothing, below 0 is worse than the probe. "
