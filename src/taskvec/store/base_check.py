@@ -69,19 +69,8 @@ class BaseCheck:
 
     def _check_headers(self, v: _Vector) -> None:
         base = self.base
-        missing = [n for n in v.tensors if n not in base]
-        extra = [n for n in base.names() if n not in v.tensors]
-        reshaped = [n for n in v.tensors if n in base and list(base.info(n).shape) != v.tensors[n]["shape"]]
-        if missing or extra or reshaped:
-            parts = []
-            if missing:
-                parts.append(f"{len(missing)} of its base's tensors are missing ({_few(missing)})")
-            if extra:
-                parts.append(f"{len(extra)} are not in its base ({_few(extra)})")
-            if reshaped:
-                n = reshaped[0]
-                parts.append(f"{len(reshaped)} have another shape ({_few(reshaped)}; {n!r} is "
-                             f"{list(base.info(n).shape)} here, {v.tensors[n]['shape']} in its base)")
+        parts = architecture_differences(base, {n: t["shape"] for n, t in v.tensors.items()})
+        if parts:
             self._refuse(f"{v.label}: different architecture: {v.label} was extracted from another model than "
                          f"{base.label}: {'; '.join(parts)}; {v.of_base()}. Merge it into that base")
             v.settled = True
@@ -133,6 +122,24 @@ class BaseCheck:
                 self._refuse(f"{self.base.label} is not the base {v.label} was extracted from ({roots[PREFIX]} here);"
                              f" {v.of_base()}. Merge it into that base")
         return list(self.notes)
+
+
+def architecture_differences(base, recorded: dict[str, list[int]]) -> list[str]:
+    """How `base`'s headers differ from the tensors a vector's base had (name -> shape): its tensors missing here,
+    tensors here it had not, and shapes that differ, each as a phrase naming a few; [] when they agree."""
+    missing = [n for n in recorded if n not in base]
+    extra = [n for n in base.names() if n not in recorded]
+    reshaped = [n for n in recorded if n in base and list(base.info(n).shape) != recorded[n]]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} of its base's tensors are missing ({_few(missing)})")
+    if extra:
+        parts.append(f"{len(extra)} are not in its base ({_few(extra)})")
+    if reshaped:
+        n = reshaped[0]
+        parts.append(f"{len(reshaped)} have another shape ({_few(reshaped)}; {n!r} is {list(base.info(n).shape)} "
+                     f"here, {recorded[n]} in its base)")
+    return parts
 
 
 def _few(names: list[str]) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import TaskvecError
 from . import names
-from .base_check import LIMIT, OVERRIDE
+from .base_check import OVERRIDE, architecture_differences
 from .client import StoreClient
 from .package import PackageManifest
 
@@ -82,27 +82,11 @@ def check_architecture(ref: str, manifest: PackageManifest, base, force_base: bo
     recorded = manifest.architecture.tensors
     if not recorded:
         return None
-    missing = [n for n in recorded if n not in base]
-    extra = [n for n in base.names() if n not in recorded]
-    reshaped = [n for n in recorded if n in base and list(base.info(n).shape) != recorded[n]]
-    if not (missing or extra or reshaped):
+    parts = architecture_differences(base, recorded)
+    if not parts:
         return None
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} of its base's tensors are missing ({_few(missing)})")
-    if extra:
-        parts.append(f"{len(extra)} are not in its base ({_few(extra)})")
-    if reshaped:
-        n = reshaped[0]
-        parts.append(f"{len(reshaped)} have another shape ({_few(reshaped)}; {n!r} is {list(base.info(n).shape)} "
-                     f"here, {recorded[n]} in its base)")
     message = (f"{ref}: different architecture: it was extracted from another model than {base.label}: "
                f"{'; '.join(parts)}; its base is {manifest.base.id_hint or 'unnamed'} ({manifest.base.fingerprint})")
     if not force_base:
         raise TaskvecError(f"{message}. Equip that base, or pass {OVERRIDE} if {base.label} was fine-tuned from it")
     return message + " (--force-base: merged anyway)"
-
-
-def _few(items: list[str]) -> str:
-    shown = ", ".join(repr(n) for n in items[:LIMIT])
-    return shown + (f" and {len(items) - LIMIT} more" if len(items) > LIMIT else "")
