@@ -82,9 +82,9 @@ def main(argv=None) -> None:
     tasks = load_tasks(args.tasks)
     spec = yaml.safe_load(args.tasks.read_text())
     regime, seed = args.tasks.parent.name.rsplit("-seed", 1)
-    ref = json.loads(args.results.read_text())["regimes"][regime]["seeds"][seed]["reference"]
-    models = {n: Path(p) for n, p in json.loads(args.results.read_text())["regimes"][regime]["seeds"][seed]
-              ["models"].items()}
+    measured = json.loads(args.results.read_text())["regimes"][regime]["seeds"][seed]
+    ref = measured["reference"]
+    models = {n: Path(p) for n, p in measured["models"].items()}
     assert [t["name"] for t in spec["tasks"]] == list(models), "the tasks file and the results disagree on the tasks"
     options = MergeOptions(progress=False)
     rows = []
