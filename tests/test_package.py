@@ -9,7 +9,7 @@ from conftest import read_model, toy_tensors, write_model
 
 from taskvec import MergeOptions, TaskvecError, TaskVector
 from taskvec.store import names
-from taskvec.store.package import MANIFEST, blob_path, load_manifest, read_package, write_package
+from taskvec.store.package import MANIFEST, blob_path, load_manifest, metrics_from_file, read_package, write_package
 
 Q = MergeOptions(progress=False)
 
@@ -119,3 +119,24 @@ def test_a_malformed_manifest_names_the_field(vector, tmp_path):
     (tmp_path / "pkg" / MANIFEST).write_text(json.dumps(data))
     with pytest.raises(TaskvecError, match="field files.0.sha256"):
         load_manifest(tmp_path / "pkg")
+
+
+def test_metrics_come_from_taskvec_eval_json_or_a_plain_object(tmp_path):
+    evaluated = tmp_path / "eval.json"
+    evaluated.write_text(json.dumps({"model": "m", "results": [
+        {"name": "topic", "metric": "accuracy", "score": 0.9, "normalized": 0.95},
+        {"name": "chat", "metric": "neg_nll", "score": -2.5, "normalized": None}]}))
+    assert metrics_from_file(evaluated) == {"topic/accuracy": 0.9, "topic/normalized": 0.95, "chat/neg_nll": -2.5}
+    plain = tmp_path / "plain.json"
+    plain.write_text('{"accuracy": 1, "f1": 0.5}')
+    assert metrics_from_file(plain) == {"accuracy": 1.0, "f1": 0.5}
+
+
+@pytest.mark.parametrize("text, message", [("[1, 2]", "must be a JSON object"), ('{"a": "high"}', "'a' is not a finite"),
+                                           ('{"a": NaN}', "'a' is not a finite"), ("{oops", "cannot read metrics"),
+                                           ('{"results": [{"name": "t"}]}', "need name, metric and score")])
+def test_bad_metrics_files_get_one_clear_error(tmp_path, text, message):
+    bad = tmp_path / "m.json"
+    bad.write_text(text)
+    with pytest.raises(TaskvecError, match=message):
+        metrics_from_file(bad)

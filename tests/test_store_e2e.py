@@ -37,8 +37,11 @@ def test_publish_search_pull_and_equip_through_a_real_server(server, tmp_path, c
     _, out = cli("store", "login", url, "--token", token)
     assert "publishes under acme" in out
 
+    scores = tmp_path / "eval.json"  # what `taskvec eval --json` writes
+    scores.write_text(json.dumps({"results": [{"name": "topic", "type": "python", "metric": "score", "score": 0.75,
+                                               "normalized": 0.5}]}))
     _, out = cli("push", tv, "acme/topic@1.0.0", "--description", "a toy topic vector", "--tags", "toy,demo",
-                 "--license", "mit", "--base-id", "toy/base", "--quiet")
+                 "--license", "mit", "--base-id", "toy/base", "--metrics", scores, "--quiet")
     assert "published acme/topic@1.0.0" in out
 
     _, out = cli("search", "--base", base, "--json")
@@ -50,6 +53,7 @@ def test_publish_search_pull_and_equip_through_a_real_server(server, tmp_path, c
     assert "acme/topic@1.0.0" in out and "toy/base" in out
     _, out = cli("show", "acme/topic@1.0.0")
     assert "taskvec-fp2:" in out and "license: mit" in out
+    assert "metrics: topic/score=0.75, topic/normalized=0.5" in out
 
     _, out = cli("pull", "acme/topic@1.0.0", "--out", tmp_path / "pulled")  # with its progress bar
     assert "digests verified" in out

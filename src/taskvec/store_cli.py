@@ -201,16 +201,20 @@ def push(
     base_id: Annotated[Optional[str], typer.Option("--base-id", help="where its base can be had, "
                                                    "e.g. a Hub id")] = None,
     publisher: Annotated[Optional[str], typer.Option("--publisher", help="who publishes it (default: the org)")] = None,
+    metrics: Annotated[Optional[Path], typer.Option("--metrics", help="JSON file of its scores: `taskvec eval "
+                                                    "--json` output, or an object of name -> number")] = None,
     store: StoreUrl = None, token: Token = None, quiet: Quiet = False,
 ):
     """Publish a stored task vector: uploads only the blobs the store lacks, then the manifest."""
     from .store import names
+    from .store.package import metrics_from_file
 
     names.parse_ref(ref)
     tag_list = [t.strip() for item in tags or [] for t in item.split(",") if t.strip()]
+    metric_values = metrics_from_file(metrics) if metrics is not None else None
     with _client(store, token, quiet) as client:
         r = client.push(vector, ref, license=license, publisher=publisher, description=description, tags=tag_list,
-                        base_id=base_id)
+                        base_id=base_id, metrics=metric_values)
     if r.status == "exists":
         print(f"{r.ref}: already published with this content; nothing changed")
     else:

@@ -212,6 +212,37 @@ def describe_vector(vector: str | Path, ref: str, entries: list[FileEntry], *, l
         raise TaskvecError(f"package {ref}: field {where}: {first['msg']}") from e
 
 
+def metrics_from_file(path: str | Path) -> dict[str, float]:
+    """A package's metrics from a JSON file: what ``taskvec eval --json`` wrote (each task's score as
+    ``task/metric``, its normalized score as ``task/normalized``), or a plain object of name -> number."""
+    import json
+    import math
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise TaskvecError(f"{path}: cannot read metrics ({e}); give a `taskvec eval --json` file or a JSON object "
+                           "of name -> number") from e
+    if isinstance(data, dict) and isinstance(data.get("results"), list):
+        out = {}
+        for r in data["results"]:
+            if not isinstance(r, dict) or not {"name", "metric", "score"} <= r.keys():
+                raise TaskvecError(f"{path}: results[] entries need name, metric and score, as `taskvec eval "
+                                   "--json` writes them")
+            out[f"{r['name']}/{r['metric']}"] = r["score"]
+            if r.get("normalized") is not None:
+                out[f"{r['name']}/normalized"] = r["normalized"]
+    elif isinstance(data, dict):
+        out = data
+    else:
+        raise TaskvecError(f"{path}: metrics must be a JSON object (name -> number) or `taskvec eval --json` output")
+    bad = [k for k, v in out.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)]
+    if bad:
+        raise TaskvecError(f"{path}: metric {bad[0]!r} is not a finite number")
+    return {str(k): float(v) for k, v in out.items()}
+
+
 def load_manifest(package: str | Path) -> PackageManifest:
     path = Path(package) / MANIFEST
     try:
