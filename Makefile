@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test proof bench-memory clean
+.PHONY: setup demo store-demo test proof bench-memory clean
 
 setup: $(VENV)/.installed
 
@@ -18,6 +18,9 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(PY) examples/demo.py
+
+store-demo: setup
+	$(PY) examples/store_demo.py
 
 test: setup
 	$(PY) -m pytest
