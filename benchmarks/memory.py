@@ -67,10 +67,10 @@ def write_checkpoint(folder: Path, seed: int, base_seed: int | None, shards: int
     return total
 
 
-def peak_rss(cmd: list[str]) -> tuple[float, float]:
+def peak_rss(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
     """(peak RSS in MB, wall seconds) of a child process, from the kernel's accounting."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     err = proc.stderr.read().decode()

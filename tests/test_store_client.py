@@ -118,6 +118,8 @@ def test_equip_equals_apply_bit_for_bit_and_reuses_the_cache(env, store):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     cached = list((env / "cache" / "vectors").iterdir())
     assert len(cached) == 1 and files_of(cached[0]) == files_of(tv)
+    blobs = {p.stat().st_ino for p in (env / "cache" / "blobs" / "sha256").iterdir()}
+    assert all(p.stat().st_ino in blobs for p in cached[0].iterdir())  # linked to the checked blobs, not copied
     # ties with a weight and density: the same as the recipe over the local folder
     two = make_vector(env / "models", "tv2", seed=2)
     store.client(env / "cache", store.token).push(two, "acme/other@1.0.0")
@@ -155,3 +157,24 @@ def test_equip_refuses_another_architecture_before_downloading(env, store):
     with pytest.raises(TaskvecError, match=r"different architecture.*'layers\.0\.w' is \[4, 6\] here, \[4, 4\]"):
         equip(str(wide), [("acme/topic@1.0.0", 1.0)], env / "out", store.client(env / "fresh"), options=Q)
     assert not (env / "out").exists() and not (env / "fresh" / "blobs").exists()
+
+
+def test_equip_copies_and_checks_the_blobs_where_links_cannot_be_made(env, store, monkeypatch):
+    tv = make_vector(env / "models")
+    base = env / "models" / "base"
+    store.client(env / "cache", store.token).push(tv, "acme/topic@1.0.0")
+
+    def no_links(src, dst):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_links)
+    equip(str(base), [("acme/topic@1.0.0", 1.0)], env / "equipped", store.client(env / "cache"), options=Q)
+    cached = next((env / "cache" / "vectors").iterdir())
+    assert files_of(cached) == files_of(tv) and all(p.stat().st_nlink == 1 for p in cached.iterdir())
+    # a copy checks digests: a cached blob changed on disk since its download is caught, and nothing is written
+    blob = next(p for p in (env / "cache" / "blobs" / "sha256").iterdir() if p.stat().st_size > 1000)
+    blob.write_bytes(blob.read_bytes()[:-1] + bytes([blob.read_bytes()[-1] ^ 1]))
+    with pytest.raises(TaskvecError, match="sha256"):
+        store.client(env / "cache").pull("acme/topic@1.0.0", env / "pulled")
+    assert not (env / "pulled").exists()
+

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from .package import PackageManifest, make_manifest, unpack
 
 CONFIG_FILE = "store.json"
 CHUNK = 1 << 20
+PARALLEL = 4  # blobs downloaded at once
 
 
 def config_dir() -> Path:
@@ -240,18 +242,23 @@ class StoreClient:
     def blob_dir(self) -> Path:
         return self.cache / "blobs" / "sha256"
 
-    def fetch_blobs(self, manifest: PackageManifest) -> None:
-        """Download the blobs of ``manifest`` the cache lacks, resuming any partial download; each is verified."""
-        need = {f.sha256: f.size for f in manifest.files if not self._cached(f.sha256, f.size)}
+    def fetch_blobs(self, *manifests: PackageManifest) -> None:
+        """Download the blobs of ``manifests`` the cache lacks, resuming any partial download; each is verified.
+        Several blobs download at once (up to ``PARALLEL``): hashing and writing one overlaps receiving another."""
+        need = {f.sha256: f.size for m in manifests for f in m.files if not self._cached(f.sha256, f.size)}
         if not need:
             return
         partial = self.cache / "blobs" / "partial"
         done = sum(_size(partial / d) for d in need)
-        self.progress.start(f"pull {manifest.ref}", sum(need.values()))
+        self.progress.start(f"pull {', '.join(m.ref for m in manifests)}", sum(need.values()))
         self.progress.advance(done)
         try:
-            for digest, size in need.items():
-                self._fetch(digest, size)
+            if len(need) == 1:
+                self._fetch(*next(iter(need.items())))
+                return
+            with ThreadPoolExecutor(min(PARALLEL, len(need)), thread_name_prefix="taskvec-pull") as pool:
+                for job in [pool.submit(self._fetch, d, size) for d, size in need.items()]:
+                    job.result()  # the first failure, once the others have finished
         finally:
             self.progress.stop()
 
@@ -307,18 +314,27 @@ class StoreClient:
         self.fetch_blobs(manifest)
         return manifest, unpack(manifest, self.blob_dir(), out, force, label=ref)
 
+    def vector_folder(self, body: bytes) -> Path:
+        """Where ``cached_vector`` keeps the vector whose manifest is ``body`` (keyed by its sha256)."""
+        return self.cache / "vectors" / hashlib.sha256(body).hexdigest()
+
+    def uncached(self, manifests: list[tuple[PackageManifest, bytes]]) -> list[PackageManifest]:
+        """Those of ``manifests`` (with their bytes) whose vector folder is not in the cache yet."""
+        return [m for m, body in manifests if not (self.vector_folder(body) / "taskvec.json").is_file()]
+
     def cached_vector(self, ref: str, manifest: PackageManifest | None = None,
                       body: bytes | None = None) -> Path:
-        """``ref`` as a task-vector folder in the cache (keyed by its manifest's sha256), pulled if need be."""
+        """``ref`` as a task-vector folder in the cache, pulled if need be. Its files are hard links to the cache's
+        blobs (checked as they were downloaded), so equipping does not copy every vector a second time."""
         if manifest is None or body is None:
             manifest, body = self.manifest(ref)
-        folder = self.cache / "vectors" / hashlib.sha256(body).hexdigest()
+        folder = self.vector_folder(body)
         if (folder / "taskvec.json").is_file():
             return folder
         self.fetch_blobs(manifest)
         folder.parent.mkdir(parents=True, exist_ok=True)
         try:
-            return unpack(manifest, self.blob_dir(), folder, label=ref)
+            return unpack(manifest, self.blob_dir(), folder, label=ref, link=True)
         except TaskvecError:
             if (folder / "taskvec.json").is_file():  # another process unpacked it meanwhile
                 return folder

@@ -51,6 +51,7 @@ def equip(base: str, vectors: list[tuple[str, float]], out: str | Path, client: 
             if note:
                 notes.append(note)
                 warnings.warn(note)
+        client.fetch_blobs(*client.uncached(manifests))  # all at once: several blobs download in parallel
         folders = [client.cached_vector(ref, m, body) for ref, (m, body) in zip(refs, manifests)]
         inputs = [StoredVectorInput(folder, label=ref) for ref, folder in zip(refs, folders)]
         from ..methods import get_method

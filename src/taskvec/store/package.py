@@ -264,8 +264,12 @@ def read_package(package: str | Path, out: str | Path, force: bool = False) -> P
 
 
 def unpack(manifest: PackageManifest, blobs: str | Path, out: str | Path, force: bool = False,
-           label: str | None = None) -> Path:
-    """``read_package`` for a manifest whose blobs lie in ``blobs/<sha256>`` (a package's, or a download cache)."""
+           label: str | None = None, link: bool = False) -> Path:
+    """``read_package`` for a manifest whose blobs lie in ``blobs/<sha256>`` (a package's, or a download cache).
+
+    ``link``: hard-link each blob (of the right size) instead of copying and hashing it again -- for blobs whose
+    digest was checked as they were downloaded into a cache this process owns; falls back to a checked copy where
+    the filesystem cannot link."""
     from ..inputs import MANIFEST as VECTOR_MANIFEST
     from ..inputs import StoredVectorInput
     from ..io.writer import atomic_folder
@@ -277,7 +281,8 @@ def unpack(manifest: PackageManifest, blobs: str | Path, out: str | Path, force:
         raise TaskvecError(f"{package}: its manifest's files must be distinct and include {VECTOR_MANIFEST}")
     with atomic_folder(Path(out), force) as tmp:
         for f in manifest.files:
-            _copy_hashed(blobs / f.sha256, tmp, f)
+            if not (link and _link(blobs / f.sha256, tmp, f)):
+                _copy_hashed(blobs / f.sha256, tmp, f)
         inp = StoredVectorInput(tmp, label=str(out))  # the manifest, headers and encodings, before it appears
         try:
             got = inp.manifest.get("base", {}).get("fingerprint")
@@ -290,6 +295,18 @@ def unpack(manifest: PackageManifest, blobs: str | Path, out: str | Path, force:
         finally:
             inp.close()
     return Path(out)
+
+
+def _link(blob: Path, folder: Path, entry: FileEntry) -> bool:
+    """Hard-link ``blob`` as ``folder/entry.path`` if it has the listed size; False where that cannot be done."""
+    check_file_name(entry.path)
+    try:
+        if blob.stat().st_size != entry.size:
+            return False
+        os.link(blob, folder / entry.path)
+    except OSError:
+        return False
+    return True
 
 
 def hash_file(path: Path) -> dict:
