@@ -168,6 +168,35 @@ def token_revoke(token_id: Annotated[int, typer.Argument(help="the token's id (t
     print(f"revoked token {token_id}")
 
 
+@store_app.command("gc", cls=Command)
+@friendly
+def gc(
+    root: Root = None, db: DbUrl = None, blobs: BlobsUrl = None,
+    grace: Annotated[str, typer.Option("--grace", help="keep orphan blobs younger than this (a push in progress "
+                                       "uploads its blobs before its manifest): 24h, 30m, 7d, 0")] = "24h",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="only say what would be removed")] = False,
+):
+    """Remove the blobs no published version lists (left by abandoned pushes), and stale uploads; run it on the
+    server side, any time: publishes wait for it, never lose a blob to it."""
+    from .store.blobs import BlobStore
+    from .store.db import Database
+    from .store.gc import collect_garbage
+    from .store.settings import parse_duration
+
+    seconds = parse_duration(grace, "--grace")
+    settings = _settings(root, db, blobs)
+    database = Database(settings.db_url)
+    try:
+        report = collect_garbage(database, BlobStore(settings.blobs_url), seconds, dry_run)
+    finally:
+        database.close()
+    verb = "would remove" if dry_run else "removed"
+    print(f"{verb} {len(report.removed)} orphan blob(s), {report.removed_bytes / 1e6:,.2f} MB"
+          + ("" if dry_run else f", and {report.incoming_removed} stale upload(s)")
+          + f"; kept {report.referenced} published blob(s), {report.young} orphan(s) younger than {grace} "
+          f"({report.young_bytes / 1e6:,.2f} MB)" + (f", {report.undated} undated" if report.undated else ""))
+
+
 @store_app.command("login", cls=Command)
 @friendly
 def login(url: Annotated[str, typer.Argument(help="the store's URL, e.g. http://127.0.0.1:8765")], token: Token = None):

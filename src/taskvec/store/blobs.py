@@ -71,17 +71,34 @@ class BlobStore:
                     left -= len(chunk)
                 yield chunk
 
+    def _age(self, path: str) -> float | None:
+        """Seconds since ``path`` was last written; None where the filesystem does not say (or it is gone)."""
+        try:
+            modified = self.fs.modified(path)
+        except (NotImplementedError, FileNotFoundError):
+            return None
+        return time.time() - (modified.timestamp() if isinstance(modified, datetime) else float(modified))
+
+    def listing(self) -> Iterator[tuple[str, int, float | None]]:
+        """(digest, size, age in seconds or None) of every stored blob."""
+        for info in self.fs.ls(f"{self.root}/sha256", detail=True):
+            digest = info["name"].rstrip("/").rsplit("/", 1)[-1]
+            if DIGEST.match(digest):
+                yield digest, int(info.get("size") or 0), self._age(info["name"])
+
+    def remove(self, digest: str) -> None:
+        try:
+            self.fs.rm(self.path(digest))
+        except FileNotFoundError:
+            pass
+
     def clean_incoming(self, older_than: float) -> int:
         """Remove uploads in ``incoming/`` not written to for ``older_than`` seconds: what a crash left. Returns how
         many; filesystems that do not report modification times are left alone."""
         removed = 0
         for path in self.fs.ls(f"{self.root}/incoming", detail=False):
-            try:
-                modified = self.fs.modified(path)
-            except (NotImplementedError, FileNotFoundError):
-                continue
-            age = time.time() - (modified.timestamp() if isinstance(modified, datetime) else float(modified))
-            if age >= older_than:
+            age = self._age(path)
+            if age is not None and age >= older_than:
                 try:
                     self.fs.rm(path)
                     removed += 1

@@ -161,7 +161,9 @@ class StoreClient:
             message = r.json()["error"]
         except Exception:  # noqa: BLE001 -- not our server, or no body (HEAD)
             message = (r.text or r.reason_phrase or "").strip()[:300] or "no message"
-        return TaskvecError(f"store {self.url} refused ({r.status_code}): {message}")
+        error = TaskvecError(f"store {self.url} refused ({r.status_code}): {message}")
+        error.status = r.status_code
+        return error
 
     # identity
     def whoami(self) -> list[str]:
@@ -198,20 +200,32 @@ class StoreClient:
         pref = names.parse_ref(ref)
         manifest, files = make_manifest(vector, ref, license=license, publisher=publisher or pref.org,
                                         description=description, tags=tags, metrics=metrics, base_id=base_id)
+        result = PushResult(ref, "created")
+        self._upload_missing(manifest, files, result)
+        try:
+            result.status = self.publish(manifest)["status"]
+        except TaskvecError as e:
+            if getattr(e, "status", None) != 400 or "is not on this store" not in str(e):
+                raise
+            # a blob that was there when asked was collected (taskvec store gc) before the manifest came: once more
+            self._upload_missing(manifest, files, result)
+            result.status = self.publish(manifest)["status"]
+        return result
+
+    def _upload_missing(self, manifest: PackageManifest, files: dict[str, Path], result: PushResult) -> None:
         sizes = {f.sha256: f.size for f in manifest.files}
         missing = [d for d in sizes if self.blob_size(d) != sizes[d]]
-        result = PushResult(ref, "created", present=len(sizes) - len(missing))
-        if missing:
-            self.progress.start(f"push {ref}", sum(sizes[d] for d in missing))
-            try:
-                for d in missing:
-                    self.upload_blob(files[d], d, sizes[d])
-                    result.uploaded += 1
-                    result.uploaded_bytes += sizes[d]
-            finally:
-                self.progress.stop()
-        result.status = self.publish(manifest)["status"]
-        return result
+        result.present = len(sizes) - len(missing)
+        if not missing:
+            return
+        self.progress.start(f"push {manifest.ref}", sum(sizes[d] for d in missing))
+        try:
+            for d in missing:
+                self.upload_blob(files[d], d, sizes[d])
+                result.uploaded += 1
+                result.uploaded_bytes += sizes[d]
+        finally:
+            self.progress.stop()
 
     # reading
     def search(self, q: str | None = None, *, name: str | None = None, tags: list[str] | tuple[str, ...] = (),

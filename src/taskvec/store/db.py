@@ -3,7 +3,9 @@
 A SQLite file by default, PostgreSQL (or any SQLAlchemy database) by URL; portable SQL only. Nothing lives in the
 server process: uniqueness is the database's (a unique constraint on ``(org, name, version)``), and a version is
 published in one transaction with its tags and files, so it is visible whole or not at all -- several server
-processes can share one database.
+processes can share one database. Publishing and garbage collection exclude each other through one row
+(``store_lock``): a publish checks its blobs and inserts its version while holding it, and a collection re-checks
+that a blob is unreferenced and deletes it while holding it, so no version can be published over a deleted blob.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from sqlalchemy import (BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint,
-                        create_engine, event, exists, func, or_, select)
+                        create_engine, event, exists, func, or_, select, update)
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
@@ -89,6 +92,13 @@ class VersionFile(Base):
     size: Mapped[int] = mapped_column(BigInteger)
 
 
+class StoreLock(Base):
+    """One row, written at the start of every publish and collection: they run one at a time (see the module)."""
+    __tablename__ = "store_lock"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 def _iso(t: datetime) -> str:
     if t.tzinfo is None:  # SQLite hands back naive datetimes; they were stored in UTC
         t = t.replace(tzinfo=timezone.utc)
@@ -126,6 +136,9 @@ class Database:
         for attempt in range(5):  # several servers starting on one new database may race to create the tables
             try:
                 Base.metadata.create_all(self.engine)
+                with self.sessions.begin() as s:
+                    if s.get(StoreLock, 1) is None:
+                        s.add(StoreLock(id=1, generation=0))
                 return
             except (OperationalError, IntegrityError):
                 if attempt == 4:
@@ -171,9 +184,11 @@ class Database:
             return True
 
     # versions
-    def publish(self, manifest: dict, manifest_json: str, token_id: int | None) -> Published:
+    def publish(self, manifest: dict, manifest_json: str, token_id: int | None,
+                check: Callable[[], None] | None = None) -> Published:
         """Insert a version with its tags and files in one transaction; the database's unique constraint decides
-        between concurrent publishers of the same version."""
+        between concurrent publishers of the same version. ``check`` (the blobs are all there) runs inside that
+        transaction, holding the store lock, so a collection cannot delete a blob between the check and the insert."""
         org, name = manifest["name"].split("/", 1)
         digest = content_digest(manifest)
         arch = manifest["architecture"]
@@ -189,6 +204,9 @@ class Database:
         )
         try:
             with self.sessions.begin() as s:
+                _lock(s)
+                if check is not None:
+                    check()
                 s.add(row)
             return Published("created", row)
         except IntegrityError:
@@ -240,6 +258,34 @@ class Database:
             total = s.scalar(select(func.count()).select_from(stmt.subquery()))
             rows = s.scalars(stmt.order_by(Version.published.desc(), Version.id.desc()).limit(limit).offset(offset))
             return total, list(rows)
+
+
+    def collect(self, candidates: Iterable[str], delete: Callable[[str], None]) -> list[str]:
+        """Delete (``delete(digest)``) those of ``candidates`` that no published version lists, holding the store
+        lock so that no publish can start using one meanwhile; returns the digests deleted."""
+        wanted = sorted(set(candidates))
+        gone = []
+        with self.sessions.begin() as s:
+            _lock(s)
+            for i in range(0, len(wanted), 500):
+                batch = wanted[i:i + 500]
+                used = set(s.scalars(select(VersionFile.sha256).where(VersionFile.sha256.in_(batch))))
+                for digest in batch:
+                    if digest not in used:
+                        delete(digest)
+                        gone.append(digest)
+        return gone
+
+    def referenced(self) -> set[str]:
+        """Every blob digest a published version lists."""
+        with self.sessions() as s:
+            return set(s.scalars(select(VersionFile.sha256).distinct()))
+
+
+def _lock(session) -> None:
+    """Take the store lock for the rest of ``session``'s transaction (a row write: SQLite's single writer, a row lock
+    elsewhere)."""
+    session.execute(update(StoreLock).where(StoreLock.id == 1).values(generation=StoreLock.generation + 1))
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -279,6 +279,17 @@ def create_app(settings: ServerSettings) -> FastAPI:
             raise ApiError(422, f"{ref}: the manifest's files must be distinct and include {VECTOR_MANIFEST}")
         if manifest.size != sum(f.size for f in manifest.files):
             raise ApiError(422, f"{ref}: the manifest's size {manifest.size} is not the sum of its files' sizes")
+        _check_blobs(ref, manifest)  # early, for a clear error without taking the store lock
+        _check_vector_manifest(ref, manifest)
+        stored = manifest.model_dump_json()  # normalised: defaults filled in, so equal content compares equal
+        result = db.publish(json.loads(stored), stored, token_id, check=lambda: _check_blobs(ref, manifest))
+        if result.status == "conflict":
+            raise ApiError(409, f"{ref}: this version is already published with other content, and published "
+                                "versions never change; publish a new version")
+        out = Published(ref=str(ref), status=result.status, published=_iso(result.version.published))
+        return JSONResponse(out.model_dump(), 201 if result.status == "created" else 200)
+
+    def _check_blobs(ref, manifest: PackageManifest) -> None:
         for f in manifest.files:
             have = blobs.size(f.sha256)
             if have is None:
@@ -287,14 +298,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
             if have != f.size:
                 raise ApiError(400, f"{ref}: blob {f.sha256} ({f.path}) has {have} bytes, the manifest says "
                                     f"{f.size}; nothing was published")
-        _check_vector_manifest(ref, manifest)
-        stored = manifest.model_dump_json()  # normalised: defaults filled in, so equal content compares equal
-        result = db.publish(json.loads(stored), stored, token_id)
-        if result.status == "conflict":
-            raise ApiError(409, f"{ref}: this version is already published with other content, and published "
-                                "versions never change; publish a new version")
-        out = Published(ref=str(ref), status=result.status, published=_iso(result.version.published))
-        return JSONResponse(out.model_dump(), 201 if result.status == "created" else 200)
 
     def _check_vector_manifest(ref, manifest: PackageManifest) -> None:
         """The vector's own taskvec.json must name the base the package manifest names (search by base trusts it)."""

@@ -60,3 +60,14 @@ def parse_size(text: str, what: str) -> int:
     if not m or unit not in _UNITS or float(m.group(1)) <= 0:
         raise TaskvecError(f"{what} {text!r}: use a size such as 64GiB, 500MB or 1048576 (bytes)")
     return int(float(m.group(1)) * _UNITS[unit])
+
+
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str, what: str) -> float:
+    """``24h``, ``30m``, ``7d``, ``90s``, ``0`` -> seconds."""
+    m = re.match(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\s*$", str(text).lower())
+    if not m:
+        raise TaskvecError(f"{what} {text!r}: use a duration such as 24h, 30m, 7d, 90s or 0")
+    return float(m.group(1)) * _SECONDS[m.group(2)]
