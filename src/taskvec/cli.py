@@ -221,7 +221,8 @@ def parse_scaled(arg: str) -> tuple[str, float]:
 @friendly
 def apply(
     base: Annotated[str, typer.Argument(help="base model folder, file or cached model id")],
-    vectors: Annotated[list[str], typer.Argument(help="task vectors or fine-tuned models, each as PATH or PATH:SCALE")],
+    vectors: Annotated[list[str], typer.Argument(help="task vectors, PEFT LoRA adapters or fine-tuned models, each as "
+                                                 "PATH or PATH:SCALE")],
     out: Annotated[Path, typer.Option("--out", "-o", help="output model folder")],
     out_dtype: Annotated[Optional[str], typer.Option("--out-dtype", help="dtype of the saved floats")] = None,
     shard_size: ShardSize = "5GB", workers: Workers = None, device: Device = "cpu",
@@ -229,6 +230,7 @@ def apply(
     force_base: ForceBase = False,
 ):
     """Task arithmetic, short form: BASE + sum of SCALE * task vector (a fine-tuned model counts as its own vector)."""
+    from .adapter import is_adapter
     from .inputs import is_task_vector
     from .vector import TaskVector
 
@@ -236,7 +238,12 @@ def apply(
     total = None
     for arg in vectors:
         path, scale = parse_scaled(arg)
-        tv = TaskVector.load(path) if is_task_vector(path) else TaskVector.from_models(base, path)
+        if is_task_vector(path):
+            tv = TaskVector.load(path)
+        elif is_adapter(path):
+            tv = TaskVector.from_adapter(path, base)
+        else:
+            tv = TaskVector.from_models(base, path)
         total = scale * tv if total is None else total + scale * tv
     _summary(total.apply(base, out, out_dtype=out_dtype, options=options), quiet)
 

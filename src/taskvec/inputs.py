@@ -132,9 +132,38 @@ def read_manifest(folder: Path) -> dict:
     return manifest
 
 
-def open_input(ref: str, search_dirs: tuple[Path, ...] = (), opener=None) -> Input:
-    """A model or stored task vector by path or cached model id; `opener` (like open_checkpoint) opens models."""
-    for candidate in [Path(ref).expanduser()] + [d / ref for d in search_dirs]:
+def open_input(ref: str, search_dirs: tuple[Path, ...] = (), opener=None, base: Checkpoint | None = None) -> Input:
+    """A model, stored task vector or PEFT LoRA adapter by path or cached model id, or ``MODEL+ADAPTER`` (mergekit's
+    syntax: the model with the adapter merged in); `opener` (like open_checkpoint) opens models; `base` (the merge's
+    base, if any) lets an adapter's tensor names be matched to the base's."""
+    from .adapter import AdapterInput, is_adapter
+
+    opener = opener or open_checkpoint
+    for candidate in _candidates(ref, search_dirs):
         if is_task_vector(candidate):
             return StoredVectorInput(candidate, label=ref)
-    return ModelInput((opener or open_checkpoint)(ref, search_dirs), label=ref)
+        if is_adapter(candidate):
+            return AdapterInput(candidate, base.names() if base is not None else None, label=ref)
+    model_ref, plus, adapter_ref = ref.rpartition("+")
+    if plus and model_ref and not any(c.exists() for c in _candidates(ref, search_dirs)):
+        adapter = next((c for c in _candidates(adapter_ref, search_dirs) if is_adapter(c)), None)
+        if adapter is None:
+            raise TaskvecError(f"{ref}: {adapter_ref!r} is not a PEFT adapter folder (no adapter_config.json); "
+                               "MODEL+ADAPTER needs one after the '+'")
+        if base is not None and any(_is_folder_of(c, base) for c in _candidates(model_ref, search_dirs)):
+            return AdapterInput(adapter, base.names(), label=ref)  # BASE+ADAPTER: the adapter is the task vector
+        return AdapterInput(adapter, model=opener(model_ref, search_dirs), label=ref)
+    return ModelInput(opener(ref, search_dirs), label=ref)
+
+
+def _candidates(ref: str, search_dirs: tuple[Path, ...]) -> list[Path]:
+    return [Path(ref).expanduser()] + [d / ref for d in search_dirs]
+
+
+def _is_folder_of(path: Path, checkpoint: Checkpoint) -> bool:
+    """Whether ``path`` names the model ``checkpoint`` was opened from."""
+    if not path.exists():
+        return False
+    mine = [checkpoint.folder] if checkpoint.folder is not None and checkpoint.is_folder else []
+    mine += [Path(checkpoint.label)] if Path(checkpoint.label).exists() else []
+    return any(path.resolve() == m.resolve() for m in mine)

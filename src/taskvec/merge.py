@@ -110,7 +110,7 @@ def _opened(recipe: Recipe | str | Path, opener=None) -> Iterator[_Run]:
             base = opener(recipe.base_model, search)
         specs = input_specs(recipe, method, search)
         for s in specs:
-            inputs.append(open_input(s.model, search, opener))
+            inputs.append(open_input(s.model, search, opener, base))
         if base is None and any(isinstance(i, StoredVectorInput) for i in inputs):
             raise TaskvecError(f"{method.name}: a task vector among 'models' needs a base_model to be added to")
         tokenizer_folder = None

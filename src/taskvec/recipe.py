@@ -87,8 +87,10 @@ def validate_recipe(recipe: Recipe, source: str = "recipe") -> MergeMethod:
         raise TaskvecError(f"{source}: {method.name} takes at most {method.max_models} model(s) besides the base, "
                            f"got {len(inputs)}")
     for i, spec in enumerate(recipe.models):
-        if "+" in spec.model and not Path(spec.model).exists():
-            raise TaskvecError(f"{source}: models[{i}].model {spec.model!r}: 'model+lora' references are not supported yet")
+        model, plus, adapter = spec.model.rpartition("+")
+        if plus and not Path(spec.model).exists() and not (model and adapter):
+            raise TaskvecError(f"{source}: models[{i}].model {spec.model!r}: write a model with a LoRA adapter as "
+                               "MODEL+ADAPTER (both parts given)")
     for field in ("dtype", "out_dtype"):
         if getattr(recipe, field) is not None:
             parse_dtype(getattr(recipe, field), f"{source}: {field}")

@@ -39,6 +39,15 @@ class _Difference:
 
 
 @dataclass(frozen=True)
+class _Adapter:
+    path: str
+    base: str
+
+    def __str__(self) -> str:
+        return f"lora({self.path})"
+
+
+@dataclass(frozen=True)
 class _Stored:
     path: str
 
@@ -58,6 +67,16 @@ class TaskVector:
         if is_task_vector(finetuned):
             return cls.load(finetuned)
         return cls({_Difference(str(finetuned), str(base)): 1.0})
+
+    @classmethod
+    def from_adapter(cls, adapter: str | Path, base: str | Path) -> "TaskVector":
+        """tau of a PEFT LoRA adapter trained on ``base``: scale * B @ A per targeted matrix, saved tensors
+        (modules_to_save) minus base (nothing is read until evaluation)."""
+        from .adapter import ADAPTER_CONFIG, is_adapter
+
+        if not is_adapter(adapter):
+            raise TaskvecError(f"{adapter}: not a PEFT adapter folder (no {ADAPTER_CONFIG})")
+        return cls({_Adapter(str(adapter), str(base)): 1.0})
 
     @classmethod
     def load(cls, path: str | Path) -> "TaskVector":
@@ -94,10 +113,16 @@ class TaskVector:
         return " + ".join(f"{c:g} * {t}" for t, c in self.terms.items()) or "0"
 
     def _inputs(self, apply_base: str | None = None, fingerprints: dict | None = None) -> list[Input]:
+        from .adapter import AdapterInput
+
         inputs: list[Input] = []
         for term in self.terms:
             if isinstance(term, _Stored):
                 inputs.append(StoredVectorInput(Path(term.path), label=term.path))
+            elif isinstance(term, _Adapter):
+                origin = open_checkpoint(term.base if apply_base is None else apply_base)
+                fp = fingerprints.setdefault(term.base, Fingerprinter()) if fingerprints is not None else None
+                inputs.append(AdapterInput(term.path, origin.names(), label=term.path, origin=origin, fingerprint=fp))
             elif apply_base is not None and _same(term.base, apply_base):
                 inputs.append(ModelInput(open_checkpoint(term.finetuned)))
             else:
@@ -158,7 +183,7 @@ class TaskVector:
         for inp in inputs:
             if isinstance(inp, StoredVectorInput):
                 skipped.update({s["tensor"]: s["reason"] for s in inp.manifest.get("skipped", [])})
-            else:
+            elif isinstance(inp, DifferenceInput):
                 skipped.update(_difference_skips(inp))
             for name in inp.names():
                 info = inp.info(name)
@@ -214,7 +239,7 @@ class TaskVector:
 
     def _manifest(self, inputs, fingerprints, store_dtype, specs, skipped, stats) -> dict:
         for inp in inputs:  # complete each base's fingerprint with tensors the deltas did not need
-            if isinstance(inp, DifferenceInput):
+            if getattr(inp, "origin", None) is not None and inp.fingerprint is not None:  # a difference, an adapter
                 for name in inp.origin.names():
                     if not inp.fingerprint.has(name):
                         inp.fingerprint.add(name, inp.origin.read(name))
@@ -228,11 +253,12 @@ class TaskVector:
                 if not prints.get(b.get("fingerprint")):
                     prints[b.get("fingerprint")] = b.get("tensors")
         first = inputs[0]
-        if isinstance(first, DifferenceInput):
+        if getattr(first, "origin", None) is not None:
             origin = first.origin
             base_info = {"ref": origin.label, "num_parameters": origin.num_parameters(),
                          **_architecture(origin.config())}
-            finetuned = [i.checkpoint.label for i in inputs if isinstance(i, DifferenceInput)]
+            finetuned = [i.checkpoint.label if isinstance(i, DifferenceInput) else i.label
+                         for i in inputs if getattr(i, "origin", None) is not None]
         else:
             base_info = dict(first.manifest.get("base", {}))
             finetuned = first.manifest.get("finetuned", [])
