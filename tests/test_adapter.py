@@ -120,6 +120,7 @@ def test_an_adapter_saved_as_a_task_vector_carries_its_bases_fingerprint(base, t
     ({"peft_type": "LOHA"}, "'LOHA' adapter; taskvec reads LoRA adapters only"),
     ({"layer_replication": [[0, 2], [1, 2]]}, "layer_replication"),
     ({"r": 0}, "r must be a positive number"),
+    ({"init_lora_weights": "pissa"}, "not a delta of the unchanged base; convert it with PEFT"),
 ])
 def test_unsupported_adapters_are_refused_with_one_line(base, tmp_path, change, message):
     lora(base, tmp_path / "adapter")
@@ -130,17 +131,24 @@ def test_unsupported_adapters_are_refused_with_one_line(base, tmp_path, change, 
     assert not (tmp_path / "out").exists()
 
 
-def test_gpt2_conv1d_adapter_fan_in_fan_out(tmp_path):
+@pytest.mark.parametrize("bias", [{"bias": "all"}, {"lora_bias": True}], ids=["bias-all", "lora_bias"])
+def test_gpt2_conv1d_adapter_fan_in_fan_out(tmp_path, bias):
     torch.manual_seed(0)
     config = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=32)
     transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2")
     model = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2")
     peft_model = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"],
-                                                            fan_in_fan_out=True, init_lora_weights=False))
+                                                            fan_in_fan_out=True, init_lora_weights=False, **bias))
+    with torch.no_grad():  # bias "all": every bias trains and is saved whole; lora_bias: B's own bias
+        for name, p in peft_model.named_parameters():
+            if name.endswith(".bias") and p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
     peft_model.save_pretrained(tmp_path / "adapter")
     expected = {k: v.detach().clone() for k, v in peft_model.merge_and_unload().state_dict().items()}
     TaskVector.from_adapter(tmp_path / "adapter", tmp_path / "gpt2").apply(tmp_path / "gpt2", tmp_path / "out",
                                                                            options=Q)
-    got = read_model(tmp_path / "out")
-    for name in ("transformer.h.0.attn.c_attn.weight", "transformer.h.1.mlp.c_fc.weight"):
+    got, original = read_model(tmp_path / "out"), read_model(tmp_path / "gpt2")
+    assert not torch.equal(expected["transformer.h.0.attn.c_attn.bias"], original["transformer.h.0.attn.c_attn.bias"])
+    for name in ("transformer.h.0.attn.c_attn.weight", "transformer.h.1.mlp.c_fc.weight",
+                 "transformer.h.0.attn.c_attn.bias", "transformer.h.1.mlp.c_proj.bias", "transformer.ln_f.bias"):
         torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6)

@@ -61,6 +61,11 @@ def read_config(folder: Path) -> dict:
         if config.get(key):
             raise TaskvecError(f"{path}: {what} is not supported; merge it with PEFT's merge_and_unload and use the "
                                "merged model")
+    init = config.get("init_lora_weights")
+    if isinstance(init, str) and init.lower().startswith(("pissa", "olora", "corda", "loftq")):
+        raise TaskvecError(f"{path}: init_lora_weights {init!r} changes the base's weights as it starts, so this "
+                           "adapter is not a delta of the unchanged base; convert it with PEFT first "
+                           "(save_pretrained(..., path_initial_model_for_weight_conversion=...)) or merge it there")
     for key in ("r", "lora_alpha"):
         if not isinstance(config.get(key), (int, float)) or isinstance(config.get(key), bool) or config[key] <= 0:
             raise TaskvecError(f"{path}: {key} must be a positive number, got {config.get(key)!r}")
