@@ -152,3 +152,44 @@ def test_gpt2_conv1d_adapter_fan_in_fan_out(tmp_path, bias):
     for name in ("transformer.h.0.attn.c_attn.weight", "transformer.h.1.mlp.c_fc.weight",
                  "transformer.h.0.attn.c_attn.bias", "transformer.h.1.mlp.c_proj.bias", "transformer.ln_f.bias"):
         torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_model_plus_adapter_is_that_model_with_the_adapter_merged_in(base, tmp_path):
+    model = transformers.LlamaForCausalLM.from_pretrained(base)
+    with torch.no_grad():  # a fine-tune of the base, on which the adapter is then trained
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    model.save_pretrained(tmp_path / "ft")
+    expected = lora(tmp_path / "ft", tmp_path / "adapter")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n"
+                      f"  - model: {tmp_path / 'ft'}+{tmp_path / 'adapter'}\n    parameters: {{weight: 1.0}}\n")
+    run(recipe, tmp_path / "out")
+    assert_close(tmp_path / "out", expected)
+
+
+def test_an_adapters_names_are_matched_to_a_base_saved_without_the_task_head(tmp_path):
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=48, num_labels=3)
+    classifier = transformers.BertForSequenceClassification(config)
+    classifier.bert.save_pretrained(tmp_path / "bert")  # the encoder alone: names without the 'bert.' prefix
+    peft_model = peft.get_peft_model(classifier, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"],
+                                                                 init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    expected = {k: v.detach().clone() for k, v in peft_model.merge_and_unload().state_dict().items()}
+    TaskVector.from_adapter(tmp_path / "adapter", tmp_path / "bert").apply(tmp_path / "bert", tmp_path / "out",
+                                                                           options=Q)
+    got = read_model(tmp_path / "out")
+    for name in ("encoder.layer.0.attention.self.query.weight", "encoder.layer.1.attention.self.value.weight"):
+        torch.testing.assert_close(got[name], expected["bert." + name], rtol=1e-5, atol=1e-6)
+    # a base that lacks what the adapter changes: one error naming the tensor
+    t = read_model(tmp_path / "bert")
+    del t["encoder.layer.1.attention.self.value.weight"]
+    from conftest import write_model
+
+    write_model(tmp_path / "cut", t)
+    with pytest.raises(TaskvecError, match="changes 'bert.encoder.layer.1.attention.self.value.weight', but the base "
+                                           "has no tensor of that name"):
+        TaskVector.from_adapter(tmp_path / "adapter", tmp_path / "cut").apply(tmp_path / "cut", tmp_path / "x",
+                                                                              options=Q)
