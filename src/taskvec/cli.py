@@ -281,6 +281,27 @@ def extract(
         err.print(f"wrote task vector {path}", highlight=False)
 
 
+@app.command("extract-lora", cls=Command)
+@friendly
+def extract_lora_command(
+    base: Annotated[str, typer.Option("--base", help="the model that was fine-tuned")],
+    finetuned: Annotated[str, typer.Option("--finetuned", help="the fine-tuned model")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="adapter folder to write (PEFT's layout)")],
+    rank: Annotated[Optional[int], typer.Option("--rank", help="the LoRA rank of every matrix")] = None,
+    energy: Annotated[Optional[float], typer.Option("--energy", help="per matrix, the smallest rank holding this "
+                                                    "share of its squared singular values, e.g. 0.9")] = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="dtype of the saved factors and tensors")] = "float32",
+    force: Force = False, quiet: Quiet = False,
+):
+    """Write finetuned - base as a PEFT LoRA adapter: truncated SVD per matrix; other changed tensors saved whole."""
+    from .dtypes import parse_dtype
+    from .lora_export import energy_summary, extract_lora
+
+    export = extract_lora(base, finetuned, out, rank=rank, energy=energy, dtype=parse_dtype(dtype, "--dtype"),
+                          force=force, log=None if quiet else (lambda line: err.print(line, highlight=False)))
+    print(energy_summary(export))
+
+
 @app.command("fingerprint", cls=Command)
 @friendly
 def fingerprint_command(
