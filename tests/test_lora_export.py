@@ -91,3 +91,26 @@ def test_the_command_prints_energy_and_size_and_refuses_bad_options(tmp_path, cl
     assert code != 0 and "give --rank R or --energy E" in out
     with pytest.raises(TaskvecError, match="--energy must be in"):
         extract_lora(base, ft, tmp_path / "c", energy=1.5)
+
+
+def test_lora_on_embeddings_when_asked(tmp_path):
+    base, ft = llama_pair(tmp_path)
+    extract_lora(base, ft, tmp_path / "adapter", rank=32, lora_embeddings=True)  # 32 = the embeddings' full rank
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert "model.embed_tokens" in config["target_modules"]
+    assert "model.embed_tokens" not in (config["modules_to_save"] or [])
+    merged, want = peft_merge(base, tmp_path / "adapter"), read_model(ft)
+    torch.testing.assert_close(merged["model.embed_tokens.weight"], want["model.embed_tokens.weight"], rtol=1e-5,
+                               atol=2e-6)
+
+
+def test_taskvec_reads_back_what_it_wrote(tmp_path):
+    from taskvec import MergeOptions, TaskVector
+
+    base, ft = llama_pair(tmp_path)
+    extract_lora(base, ft, tmp_path / "adapter", rank=32, lora_embeddings=True)
+    TaskVector.from_adapter(tmp_path / "adapter", base).apply(base, tmp_path / "out",
+                                                              options=MergeOptions(progress=False))
+    got, want = read_model(tmp_path / "out"), read_model(ft)
+    for name, value in want.items():
+        torch.testing.assert_close(got[name], value, rtol=1e-5, atol=2e-6, msg=name)

@@ -291,6 +291,8 @@ def extract_lora_command(
     energy: Annotated[Optional[float], typer.Option("--energy", help="per matrix, the smallest rank holding this "
                                                     "share of its squared singular values, e.g. 0.9")] = None,
     dtype: Annotated[str, typer.Option("--dtype", help="dtype of the saved factors and tensors")] = "float32",
+    lora_embeddings: Annotated[bool, typer.Option("--lora-embeddings", help="LoRA on embeddings too, instead of "
+                                                  "saving them whole (smaller)")] = False,
     force: Force = False, quiet: Quiet = False,
 ):
     """Write finetuned - base as a PEFT LoRA adapter: truncated SVD per matrix; other changed tensors saved whole."""
@@ -298,7 +300,8 @@ def extract_lora_command(
     from .lora_export import energy_summary, extract_lora
 
     export = extract_lora(base, finetuned, out, rank=rank, energy=energy, dtype=parse_dtype(dtype, "--dtype"),
-                          force=force, log=None if quiet else (lambda line: err.print(line, highlight=False)))
+                          force=force, lora_embeddings=lora_embeddings,
+                          log=None if quiet else (lambda line: err.print(line, highlight=False)))
     print(energy_summary(export))
 
 

@@ -5,8 +5,9 @@ Per matrix, tau = finetuned - base is factored by a truncated SVD in float32, U 
 ``lora_B = U_k sqrt(S_k)``, ``lora_A = sqrt(S_k) Vh_k``, with ``lora_alpha = r`` so PEFT's scale is 1 and
 ``B @ A`` is the best rank-k approximation of tau. The rank is ``--rank R`` for every matrix, or with ``--energy E``
 each matrix's smallest rank whose singular values hold a fraction E of sum(S^2) (``rank_pattern`` and a matching
-``alpha_pattern`` where ranks differ from ``r``). What is not a matrix of a linear layer -- embeddings, norms, 1-D
-tensors -- travels whole in ``modules_to_save``; a changed bias of a LoRA-targeted layer rides on ``lora_B.bias``
+``alpha_pattern`` where ranks differ from ``r``). What is not a matrix of a linear layer -- embeddings (unless
+``lora_embeddings``: then LoRA on them too, PEFT's ``lora_embedding_A/B``), norms, 1-D tensors -- travels whole in
+``modules_to_save``; a changed bias of a LoRA-targeted layer rides on ``lora_B.bias``
 (``lora_bias``) when every targeted layer has a bias, or else that layer travels whole too. One tensor's SVD is in
 memory at a time, plus the factors kept so far (a fraction of the adapter); the saved whole tensors are streamed.
 """
@@ -37,6 +38,7 @@ class Factor:
     a: torch.Tensor
     b: torch.Tensor
     bias: torch.Tensor | None = None  # the layer's bias change, for lora_B.bias
+    embedding: bool = False  # saved as lora_embedding_A/B (dW stored transposed)
 
 
 @dataclass
@@ -72,7 +74,7 @@ def module_of(name: str) -> tuple[str, str]:
 
 def extract_lora(base: str | Path, finetuned: str | Path, out: str | Path, *, rank: int | None = None,
                  energy: float | None = None, dtype: torch.dtype = torch.float32, force: bool = False,
-                 log=None) -> LoraExport:
+                 lora_embeddings: bool = False, log=None) -> LoraExport:
     """Write ``finetuned - base`` as a PEFT LoRA adapter folder ``out``."""
     if (rank is None) == (energy is None):
         raise TaskvecError("extract-lora: give --rank R or --energy E (one of them)")
@@ -88,11 +90,12 @@ def extract_lora(base: str | Path, finetuned: str | Path, out: str | Path, *, ra
         transposed = config.get("model_type") in CONV1D_MODELS
         changed, whole = _changed_tensors(base_ck, ft_ck)
         matrices = [n for n in changed if n.endswith(".weight") and len(ft_ck.info(n).shape) == 2
-                    and not EMBEDDING.search(module_of(n)[0])]
+                    and (lora_embeddings or not EMBEDDING.search(module_of(n)[0]))]
+        embeddings = {module_of(n)[0] for n in matrices if EMBEDDING.search(module_of(n)[0])}
         targets = {module_of(n)[0] for n in matrices}
         whole_modules = {module_of(n)[0] for n in changed if module_of(n)[0] not in targets} | whole
-        biases = {m: f"{m}.bias" for m in targets if f"{m}.bias" in changed}
-        every_target_has_bias = all(f"{m}.bias" in ft_ck for m in targets)
+        biases = {m: f"{m}.bias" for m in targets - embeddings if f"{m}.bias" in changed}
+        every_target_has_bias = all(f"{m}.bias" in ft_ck for m in targets - embeddings)
         if biases and not every_target_has_bias:  # lora_bias needs a bias on every target: these travel whole
             whole_modules |= set(biases)
             targets -= set(biases)
@@ -101,12 +104,13 @@ def extract_lora(base: str | Path, finetuned: str | Path, out: str | Path, *, ra
         factors = []
         for i, name in enumerate(matrices, 1):
             tau = ft_ck.read(name).float() - base_ck.read(name).float()
-            a, b, kept = split_svd(tau.T if transposed else tau, rank, energy)
             module = module_of(name)[0]
+            embedding = module in embeddings
+            a, b, kept = split_svd(tau.T if (transposed or embedding) else tau, rank, energy)
             bias = None
-            if biases:
+            if biases and not embedding:
                 bias = ft_ck.read(f"{module}.bias").float() - base_ck.read(f"{module}.bias").float()
-            factors.append(Factor(module, a.shape[0], kept, a, b, bias))
+            factors.append(Factor(module, a.shape[0], kept, a, b, bias, embedding))
             if log:
                 log(f"[{i}/{len(matrices)}] {module}: rank {a.shape[0]}, energy kept {kept:.3f}")
         saved = sorted(n for n in ft_ck.names() if module_of(n)[0] in whole_modules)
@@ -138,9 +142,10 @@ def _write(out, factors, saved, ft_ck, config, base, dtype, rank, lora_bias, tra
     r = rank if rank is not None else max((f.rank for f in factors), default=1)
     tensors = {}
     for f in factors:
-        tensors[f"{PREFIX}{f.module}.lora_A.weight"] = (f.a.shape, lambda f=f: f.a)
-        tensors[f"{PREFIX}{f.module}.lora_B.weight"] = (f.b.shape, lambda f=f: f.b)
-        if lora_bias:
+        a, b = ("lora_embedding_A", "lora_embedding_B") if f.embedding else ("lora_A.weight", "lora_B.weight")
+        tensors[f"{PREFIX}{f.module}.{a}"] = (f.a.shape, lambda f=f: f.a)
+        tensors[f"{PREFIX}{f.module}.{b}"] = (f.b.shape, lambda f=f: f.b)
+        if lora_bias and not f.embedding:
             tensors[f"{PREFIX}{f.module}.lora_B.bias"] = (f.bias.shape, lambda f=f: f.bias)
     for name in saved:
         tensors[PREFIX + name] = (ft_ck.info(name).shape, lambda name=name: ft_ck.read(name))
