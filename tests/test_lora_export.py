@@ -114,3 +114,25 @@ def test_taskvec_reads_back_what_it_wrote(tmp_path):
     got, want = read_model(tmp_path / "out"), read_model(ft)
     for name, value in want.items():
         torch.testing.assert_close(got[name], value, rtol=1e-5, atol=2e-6, msg=name)
+
+
+def test_a_merge_written_as_an_adapter_is_the_merge(tmp_path, cli):
+    base, ft = llama_pair(tmp_path)  # two rank-2 fine-tunes: their sum has rank 4 at most
+    other = transformers.LlamaForCausalLM.from_pretrained(ft)
+    with torch.no_grad():
+        for name, p in other.named_parameters():
+            if "q_proj" in name:
+                p.add_(torch.randn(p.shape[0], 2) @ torch.randn(2, p.shape[1]) * 0.01)
+    other.save_pretrained(tmp_path / "ft2")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n"
+                      f"  - model: {ft}\n    parameters: {{weight: 0.5}}\n"
+                      f"  - model: {tmp_path / 'ft2'}\n    parameters: {{weight: 0.5}}\n")
+    cli("merge", recipe, "--out", tmp_path / "full", "--quiet")
+    _, out = cli("merge", recipe, "--out", tmp_path / "adapter", "--out-format", "lora", "--rank", "4", "--quiet")
+    assert "LoRA matrices" in out and not any(p.name.startswith(".adapter") for p in tmp_path.iterdir())
+    merged, want = peft_merge(base, tmp_path / "adapter"), read_model(tmp_path / "full")
+    for name, value in want.items():
+        torch.testing.assert_close(merged[name], value, rtol=1e-5, atol=2e-6, msg=name)
+    code, out = cli("merge", recipe, "--out", tmp_path / "x", "--out-format", "lora", ok=False)
+    assert code != 0 and "give --rank R or --energy E" in out and not (tmp_path / "x").exists()

@@ -173,9 +173,21 @@ def merge(
     shard_size: ShardSize = "5GB", workers: Workers = None, device: Device = "cpu",
     compute_dtype: ComputeDtype = "float32", force: Force = False, carry_missing: Carry = False, quiet: Quiet = False,
     seed: Seed = 0, force_base: ForceBase = False,
+    out_format: Annotated[str, typer.Option("--out-format", help="model (a Hugging Face folder) or lora (a PEFT "
+                                            "adapter of base_model: give --rank or --energy)")] = "model",
+    rank: Annotated[Optional[int], typer.Option("--rank", help="--out-format lora: the LoRA rank")] = None,
+    energy: Annotated[Optional[float], typer.Option("--energy", help="--out-format lora: per matrix, the rank "
+                                                    "holding this share of the energy")] = None,
 ):
     """Run a recipe (merge_method, base_model, models, parameters) and write a Hugging Face model folder."""
     options = _options(shard_size, workers, device, compute_dtype, force, carry_missing, quiet, seed, force_base)
+    if out_format not in ("model", "lora"):
+        raise TaskvecError(f"merge: --out-format is model or lora, got {out_format!r}")
+    if out_format == "lora" and out is not None and not dry_run:
+        from .lora_export import energy_summary, merge_as_lora
+
+        print(energy_summary(merge_as_lora(recipe, out, options, rank=rank, energy=energy)))
+        return
     if dry_run:
         from .merge import describe_recipe
 

@@ -67,6 +67,45 @@ def split_svd(tau: torch.Tensor, rank: int | None, energy: float | None) -> tupl
     return (root[:, None] * vh[:k]).contiguous(), (u[:, :k] * root).contiguous(), kept
 
 
+def check_rank_options(rank: int | None, energy: float | None, what: str) -> None:
+    if (rank is None) == (energy is None):
+        raise TaskvecError(f"{what}: give --rank R or --energy E (one of them)")
+    if rank is not None and rank < 1:
+        raise TaskvecError(f"{what}: --rank must be at least 1, got {rank}")
+    if energy is not None and not 0 < energy <= 1:
+        raise TaskvecError(f"{what}: --energy must be in (0, 1], got {energy}")
+
+
+def merge_as_lora(recipe: str | Path, out: str | Path, options, *, rank: int | None = None,
+                  energy: float | None = None, dtype: torch.dtype = torch.float32, lora_embeddings: bool = False,
+                  log=None) -> LoraExport:
+    """Run a recipe and write the merge as a LoRA adapter of its base_model (``taskvec merge --out-format lora``):
+    the merged model is written beside ``out`` first (streamed, as any merge), factored, then removed."""
+    import shutil
+    import uuid
+
+    from .merge import merge_recipe
+    from .recipe import load_recipe
+
+    check_rank_options(rank, energy, "merge --out-format lora")
+    recipe_path = Path(recipe)
+    parsed = load_recipe(recipe_path)
+    if not parsed.base_model:
+        raise TaskvecError(f"{recipe}: --out-format lora needs a base_model (an adapter is a change to a base)")
+    base = Path(parsed.base_model).expanduser()
+    if not base.is_absolute() and not base.exists() and (recipe_path.parent / base).exists():
+        base = recipe_path.parent / base
+    out = Path(out)
+    prepare_target(out, options.force)
+    full = out.parent / f".{out.name}.merged-{uuid.uuid4().hex[:8]}"
+    try:
+        merge_recipe(recipe_path, full, options)
+        return extract_lora(base if base.exists() else parsed.base_model, full, out, rank=rank, energy=energy,
+                            dtype=dtype, force=options.force, lora_embeddings=lora_embeddings, log=log)
+    finally:
+        shutil.rmtree(full, ignore_errors=True)
+
+
 def module_of(name: str) -> tuple[str, str]:
     module, _, param = name.rpartition(".")
     return module, param
@@ -76,12 +115,7 @@ def extract_lora(base: str | Path, finetuned: str | Path, out: str | Path, *, ra
                  energy: float | None = None, dtype: torch.dtype = torch.float32, force: bool = False,
                  lora_embeddings: bool = False, log=None) -> LoraExport:
     """Write ``finetuned - base`` as a PEFT LoRA adapter folder ``out``."""
-    if (rank is None) == (energy is None):
-        raise TaskvecError("extract-lora: give --rank R or --energy E (one of them)")
-    if rank is not None and rank < 1:
-        raise TaskvecError(f"extract-lora: --rank must be at least 1, got {rank}")
-    if energy is not None and not 0 < energy <= 1:
-        raise TaskvecError(f"extract-lora: --energy must be in (0, 1], got {energy}")
+    check_rank_options(rank, energy, "extract-lora")
     out = Path(out)
     prepare_target(out, force)
     base_ck, ft_ck = open_checkpoint(base), open_checkpoint(finetuned)
