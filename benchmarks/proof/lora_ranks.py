@@ -96,14 +96,18 @@ def main(argv=None) -> None:
 
 
 def markdown(result: dict) -> str:
-    names = list(result["reference"])
+    """Each task alone: normalized accuracy per task, and the fine-tuning gain kept (pooled over the four tasks, each
+    scored alone); then the four-task merge."""
+    ref = result["reference"]
+    names = list(ref)
     lines = [f"| {result['regime']}, seed {result['seed']} | size (4) | energy kept | "
-             + " | ".join(f"{n} alone" for n in names) + " | 4-task merge: **gain kept** | normalized |",
-             "|---" * (5 + len(names)) + "|"]
+             + " | ".join(f"{n} alone" for n in names) + " | alone: gain kept | 4-task merge: **gain kept** | "
+             "normalized |", "|---" * (6 + len(names)) + "|"]
     for r in result["rows"]:
+        alone_kept = kept_and_normalized(r["alone"], ref)[0]
         lines.append(f"| {r['row']} | {r['bytes'] / 1e6:.1f} MB | {r['energy_kept_mean']:.3f} | "
                      + " | ".join(f"{r['alone_normalized'][n]:.3f}" for n in names)
-                     + f" | **{r['merged_gain_kept']:+.3f}** | {r['merged_normalized']:.3f} |")
+                     + f" | {alone_kept:+.3f} | **{r['merged_gain_kept']:+.3f}** | {r['merged_normalized']:.3f} |")
     return "\n".join(lines)
 
 
