@@ -259,7 +259,6 @@ class Database:
             rows = s.scalars(stmt.order_by(Version.published.desc(), Version.id.desc()).limit(limit).offset(offset))
             return total, list(rows)
 
-
     def collect(self, candidates: Iterable[str], delete: Callable[[str], None]) -> list[str]:
         """Delete (``delete(digest)``) those of ``candidates`` that no published version lists, holding the store
         lock so that no publish can start using one meanwhile; returns the digests deleted."""
