@@ -86,7 +86,7 @@ def test_cli_user_error_is_one_line_with_exit_status_2(tmp_path, cli):
 def test_unknown_command_names_it_and_lists_taskvecs_commands():
     result = CliRunner().invoke(app, ["frobnicate"])
     assert result.exit_code == 2 and result.stdout == ""
-    assert result.stderr == ("error: No such command 'frobnicate'. The commands are: merge, apply, extract, "
+    assert result.stderr == ("error: No such command 'frobnicate'. The commands are: merge, apply, extract, extract-lora, "
                              "fingerprint, inspect, eval, tune, methods, version, push, pull, search, show, equip, "
                              "store. See 'taskvec --help'.\n")
 
