@@ -70,17 +70,19 @@ def test_gpt2_conv1d_weights_and_their_biases(tmp_path):
     model.save_pretrained(tmp_path / "base")
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "c_attn" in name or "c_fc" in name:
+            if "c_attn" in name or "c_fc" in name or "wte" in name:
                 p.add_(torch.randn_like(p) * 0.01)
     model.save_pretrained(tmp_path / "ft")
-    extract_lora(tmp_path / "base", tmp_path / "ft", tmp_path / "adapter", rank=32)  # full rank: exact
-    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
-    assert config["fan_in_fan_out"] and config["lora_bias"]
-    merged = peft_merge(tmp_path / "base", tmp_path / "adapter", transformers.GPT2LMHeadModel)
     want = read_model(tmp_path / "ft")
-    for name in ("transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_attn.bias",
-                 "transformer.h.1.mlp.c_fc.weight", "transformer.h.1.mlp.c_fc.bias"):
-        torch.testing.assert_close(merged[name], want[name], rtol=1e-5, atol=2e-6, msg=name)
+    for embeddings in (False, True):  # with LoRA on embeddings PEFT refuses lora_bias: the biased layers go whole
+        out = tmp_path / f"adapter-{embeddings}"
+        extract_lora(tmp_path / "base", tmp_path / "ft", out, rank=32, lora_embeddings=embeddings)  # full rank
+        config = json.loads((out / "adapter_config.json").read_text())
+        assert config["fan_in_fan_out"] and config["lora_bias"] != embeddings
+        merged = peft_merge(tmp_path / "base", out, transformers.GPT2LMHeadModel)
+        for name in ("transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_attn.bias",
+                     "transformer.h.1.mlp.c_fc.weight", "transformer.h.1.mlp.c_fc.bias", "transformer.wte.weight"):
+            torch.testing.assert_close(merged[name], want[name], rtol=1e-5, atol=2e-6, msg=name)
 
 
 def test_the_command_prints_energy_and_size_and_refuses_bad_options(tmp_path, cli):

@@ -130,7 +130,8 @@ def extract_lora(base: str | Path, finetuned: str | Path, out: str | Path, *, ra
         whole_modules = {module_of(n)[0] for n in changed if module_of(n)[0] not in targets} | whole
         biases = {m: f"{m}.bias" for m in targets - embeddings if f"{m}.bias" in changed}
         every_target_has_bias = all(f"{m}.bias" in ft_ck for m in targets - embeddings)
-        if biases and not every_target_has_bias:  # lora_bias needs a bias on every target: these travel whole
+        # lora_bias needs a bias on every target, and PEFT refuses it with LoRA on embeddings: else these travel whole
+        if biases and (not every_target_has_bias or embeddings):
             whole_modules |= set(biases)
             targets -= set(biases)
             matrices = [n for n in matrices if module_of(n)[0] in targets]
