@@ -57,9 +57,10 @@ def free_port() -> int:
 
 
 class Server:
-    """A fresh `taskvec store serve --root` with a token for the org `bench`."""
+    """A fresh `taskvec store serve --root` on a free loopback port, and a token for ``org`` (none if None). The
+    store demo (examples/store_demo.py) starts its server with this too."""
 
-    def __init__(self, root: Path, env: dict):
+    def __init__(self, root: Path, env: dict, org: str | None = "bench"):
         import httpx
 
         self.port = free_port()
@@ -69,17 +70,21 @@ class Server:
                                              "warning"), stdout=self.log, stderr=subprocess.STDOUT, env=env)
         for _ in range(300):
             if self.proc.poll() is not None:
-                raise SystemExit(f"the server exited; see {self.log.name}")
+                raise SystemExit(f"the store server exited ({self.proc.returncode}); see {self.log.name}")
             try:
                 if httpx.get(self.url + "/api/health", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
-                time.sleep(0.1)
+                pass
+            time.sleep(0.1)
         else:
-            raise SystemExit("the server did not start within 30 s")
-        out = subprocess.run(taskvec("store", "token", "create", "--root", root, "--org", "bench"), env=env,
-                             check=True, capture_output=True, text=True).stdout
-        self.token = out.strip().splitlines()[-1]
+            self.proc.kill()
+            raise SystemExit(f"the store server did not answer within 30 s; see {self.log.name}")
+        self.token = None
+        if org is not None:
+            out = subprocess.run(taskvec("store", "token", "create", "--root", root, "--org", org), env=env,
+                                 check=True, capture_output=True, text=True).stdout
+            self.token = out.strip().splitlines()[-1]
 
     def peak_rss_mb(self) -> float:
         """The server process's peak resident set so far (VmHWM)."""

@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "benchmarks" / "proof"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(HERE))
 BASE_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -48,32 +48,6 @@ def taskvec(*args, env=None, check=True) -> subprocess.CompletedProcess:
     if check and r.returncode != 0:
         raise SystemExit(f"taskvec {args[0]} failed (exit {r.returncode})")
     return r
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(root: Path, port: int) -> subprocess.Popen:
-    import httpx
-
-    log = open(root.parent / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "taskvec.cli", "store", "serve", "--root", str(root),
-                             "--port", str(port), "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        if proc.poll() is not None:
-            raise SystemExit(f"the store server exited ({proc.returncode}); see {log.name}")
-        try:
-            if httpx.get(url + "/api/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"the store server did not answer within 30 s; see {log.name}")
 
 
 def one_task_file(tasks_file: Path, task: str, work: Path) -> Path:
@@ -133,10 +107,11 @@ def main(argv=None) -> None:
 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    from store import Server  # benchmarks/store.py: `taskvec store serve` on a free loopback port
+
+    server = Server(work / "store", dict(os.environ), org=None)
+    url = server.url
     print(f"\n== A store on {url} (state under {work / 'store'}) ==")
-    server = start_server(work / "store", port)
     try:
         token = taskvec("store", "token", "create", "--root", work / "store", "--org", "proof",
                         "--note", "store demo").stdout.strip().splitlines()[-1]
@@ -180,8 +155,7 @@ def main(argv=None) -> None:
         taskvec("eval", work / "equipped", "--tasks", tasks_file, "--json", work / "eval-equipped.json", env=env)
         taskvec("eval", fresh, "--tasks", tasks_file, "--json", work / "eval-base.json", env=env)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.stop()
 
     equipped, zero = scores(work / "eval-equipped.json"), scores(work / "eval-base.json")
     print("\nTest accuracy, each task's own fine-tuned head; gain kept = (equipped - probe) / (fine-tuned - probe)")

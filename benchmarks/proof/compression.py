@@ -58,6 +58,15 @@ def proof_setup(tasks_file: Path, results: Path):
     return base, tasks, measured["reference"], models, regime, seed
 
 
+def add_proof_arguments(ap: argparse.ArgumentParser, name: str) -> None:
+    """The arguments every script over run.py's fine-tunes takes: which tasks file and results, and where this
+    script (``name``) works and writes its JSON."""
+    ap.add_argument("--tasks", type=Path, default=ROOT / ".cache/proof/tasks/probe-first-seed0/tasks.yaml")
+    ap.add_argument("--results", type=Path, default=HERE / "results" / "addition.json")
+    ap.add_argument("--work", type=Path, default=ROOT / ".cache" / "proof" / name.replace("_", "-"))
+    ap.add_argument("--json", type=Path, default=HERE / "results" / f"{name}.json")
+
+
 def control_weights(base: Path, vectors: list[Path], lam: float, seed: int) -> dict:
     """base + lam * sum of random Gaussian tensors, each with the norm of the vector's tensor it stands for."""
     import torch
@@ -78,13 +87,10 @@ def control_weights(base: Path, vectors: list[Path], lam: float, seed: int) -> d
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tasks", type=Path, default=ROOT / ".cache/proof/tasks/probe-first-seed0/tasks.yaml")
-    ap.add_argument("--results", type=Path, default=HERE / "results" / "addition.json")
+    add_proof_arguments(ap, "compression")
     ap.add_argument("--lambda", dest="lam", type=float, default=1.0)
     ap.add_argument("--specs", default=",".join(SPECS))
     ap.add_argument("--seed", type=int, default=0, help="the control's random tensors")
-    ap.add_argument("--work", type=Path, default=ROOT / ".cache" / "proof" / "compression")
-    ap.add_argument("--json", type=Path, default=HERE / "results" / "compression.json")
     args = ap.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)
 

@@ -27,17 +27,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
-from compression import kept_and_normalized, proof_setup  # noqa: E402
+from compression import add_proof_arguments, kept_and_normalized, proof_setup  # noqa: E402
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ranks", default="4,16,64")
-    ap.add_argument("--tasks", type=Path, default=ROOT / ".cache/proof/tasks/probe-first-seed0/tasks.yaml")
-    ap.add_argument("--results", type=Path, default=HERE / "results" / "addition.json")
+    add_proof_arguments(ap, "lora_ranks")
     ap.add_argument("--embeddings", choices=["lora", "whole"], default="lora")
-    ap.add_argument("--work", type=Path, default=ROOT / ".cache" / "proof" / "lora-ranks")
-    ap.add_argument("--json", type=Path, default=HERE / "results" / "lora_ranks.json")
     args = ap.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)
     import torch
