@@ -261,3 +261,32 @@ def test_grid_on_two_ray_workers_equals_the_serial_grid(peak):
     assert [{k: t[k] for k in ("trial", "values", "objective", "scores")} for t in parallel.trials] == strip
     assert len(strip) == 9 and parallel.best_values == serial.best_values
     assert not math.isnan(parallel.objective)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_a_classification_grid_scores_like_the_cpu(tmp_path):
+    """--device cuda scores candidates on the GPU: the same trials, scores and pick as the CPU grid."""
+    from transformers import BertForSequenceClassification
+
+    from test_eval import bert_config, tokenizer
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(bert_config(num_labels=2, id2label={0: "neg", 1: "pos"},
+                                                      label2id={"neg": 0, "pos": 1}))
+    for name, bias in (("base", [0.0, 0.0]), ("a", [0.0, 5.0]), ("b", [5.0, 0.0])):
+        with torch.no_grad():
+            model.classifier.weight.normal_(0, 0.5)
+            model.classifier.bias.copy_(torch.tensor(bias))
+        model.save_pretrained(tmp_path / name)
+        tokenizer(tmp_path / name).save_pretrained(tmp_path / name)
+    write(tmp_path / "data.csv", SPLITS)
+    tasks = write(tmp_path / "tasks.yaml", "tasks:\n  - {name: s, type: classification, data: data.csv, "
+                  "split_column: split, split: test, tune_split: val, reference: 0.8}\n")
+    path = recipe(tmp_path, "{choices: [0.0, 0.5, 1.0]}", "{search: [0.0, 1.0]}")
+    runs = {device: tune(path, tasks, tmp_path / device / "best.yaml",
+                         TuneOptions(search="grid", grid_points=3, progress=False, device=device), log=lambda _: None)
+            for device in ("cpu", "cuda")}
+    cpu, gpu = runs["cpu"], runs["cuda"]
+    assert gpu.best_values == cpu.best_values
+    assert [t["scores"] for t in gpu.trials] == [t["scores"] for t in cpu.trials]
+    assert gpu.held_out["results"][0]["score"] == cpu.held_out["results"][0]["score"]
