@@ -161,6 +161,8 @@ def _summary(result: "MergeResult", quiet: bool) -> None:
             f"wrote {result.path}: {s.tensors} tensors, {s.bytes_written / 1e6:,.1f} MB, read {s.bytes_read / 1e6:,.1f} MB "
             f"in {s.seconds:.1f} s ({rate:,.0f} MB/s)", highlight=False,
         )
+        if result.vocabulary:
+            err.print(f"vocabulary: {result.vocabulary}", highlight=False)
 
 
 @app.command(cls=Command)

@@ -31,6 +31,7 @@ from .io.writer import ShardedWriter, prepare_target
 from .methods import MergeMethod
 from .recipe import Recipe, input_specs, load_recipe, validate_recipe
 from .store.base_check import BaseCheck
+from .vocab import VocabAlignment, align_vocabularies
 
 
 @dataclass
@@ -54,6 +55,7 @@ class MergeResult:
     path: Path
     stats: RunStats
     warnings: list[str] = field(default_factory=list)
+    vocabulary: str | None = None  # how vocabularies were aligned (tokenizer_source), when they differed
 
 
 def merge_recipe(recipe: Recipe | str | Path, out: str | Path, options: MergeOptions | None = None) -> MergeResult:
@@ -67,7 +69,7 @@ def merge_recipe(recipe: Recipe | str | Path, out: str | Path, options: MergeOpt
             card=model_card([(i.label, i.checkpoint.config()) for i in run.inputs]
                             + ([(run.base.label, run.base.config())] if run.base else []), run.method.name,
                             run.recipe.to_yaml(), Path(out)),
-            tokenizer_folder=run.tokenizer_folder,
+            tokenizer_folder=run.tokenizer_folder, vocab=run.vocab,
         )
 
 
@@ -89,6 +91,7 @@ class _Run:
     global_settings: dict
     out_dtype: torch.dtype | None
     tokenizer_folder: Path | None
+    vocab: VocabAlignment | None = None  # models whose vocabularies differ, aligned by token (tokenizer_source)
 
 
 @contextmanager
@@ -103,6 +106,7 @@ def _opened(recipe: Recipe | str | Path, opener=None) -> Iterator[_Run]:
     method = validate_recipe(recipe)
     base = None
     inputs: list[Input] = []
+    vocab = None
     try:
         if recipe.base_model:
             if any(is_task_vector(d / recipe.base_model) for d in (Path("."),) + search):
@@ -114,12 +118,21 @@ def _opened(recipe: Recipe | str | Path, opener=None) -> Iterator[_Run]:
         if base is None and any(isinstance(i, StoredVectorInput) for i in inputs):
             raise TaskvecError(f"{method.name}: a task vector among 'models' needs a base_model to be added to")
         tokenizer_folder = None
-        if recipe.tokenizer_source not in (None, "base"):
+        if recipe.tokenizer_source is not None:
+            vocab = align_vocabularies(recipe.tokenizer_source, base, inputs, search, opener)
+        if vocab is not None:
+            base = vocab.wrap(base) if base is not None else None
+            for inp in inputs:
+                inp.checkpoint = vocab.wrap(inp.checkpoint)
+            tokenizer_folder = vocab.tokenizer_folder
+        elif recipe.tokenizer_source not in (None, "base"):
             tokenizer_folder = opener(recipe.tokenizer_source, search).folder
         out_dtype = recipe.out_dtype or recipe.dtype
         yield _Run(recipe, method, base, inputs, [s.parameters or {} for s in specs], recipe.parameters or {},
-                   parse_dtype(out_dtype) if out_dtype else None, tokenizer_folder)
+                   parse_dtype(out_dtype) if out_dtype else None, tokenizer_folder, vocab)
     finally:
+        if vocab is not None:
+            vocab.close()
         for inp in inputs:
             inp.close()
         if base is not None:
@@ -148,19 +161,21 @@ def merge_inputs(
     out_dtype: torch.dtype | None = None,
     card: str | None = None,
     tokenizer_folder: Path | None = None,
+    vocab: VocabAlignment | None = None,
 ) -> MergeResult:
     """Merge ``inputs`` into ``base`` with ``method``; settings are recipe-style (scalars, gradients, filters)."""
     _refuse_overwriting_inputs(out, [base] if base else [], inputs)
-    run = _prepare(base, inputs, method, model_settings, global_settings, options, out_dtype)
+    run = _prepare(base, inputs, method, model_settings, global_settings, options, out_dtype, vocab)
     reference_checkpoint = base if base is not None else run.plan.inputs[0].checkpoint
     specs = [(t.name, t.out_dtype, t.shape) for t in run.plan.tensors]
     with ShardedWriter(out, specs, options.shard_size, force=options.force) as writer:
-        copy_aux_files(writer, reference_checkpoint, tokenizer_folder, dtype_name(out_dtype) if out_dtype else None)
+        copy_aux_files(writer, reference_checkpoint, tokenizer_folder, dtype_name(out_dtype) if out_dtype else None,
+                       vocab.config_updates() if vocab is not None else None)
         if card:
             writer.write_text("README.md", card)
         stats, notes = run.execute(writer)
         path = writer.commit()
-    return MergeResult(path, stats, notes)
+    return MergeResult(path, stats, notes, vocab.summary() if vocab is not None else None)
 
 
 def merge_to_memory(recipe: Recipe | str | Path, options: MergeOptions | None = None, opener=None,
@@ -172,7 +187,7 @@ def merge_to_memory(recipe: Recipe | str | Path, options: MergeOptions | None = 
     options = options or MergeOptions(progress=False)
     with _opened(recipe, opener) as run:
         prepared = _prepare(run.base, run.inputs, run.method, run.model_settings, run.global_settings, options,
-                            run.out_dtype)
+                            run.out_dtype, run.vocab)
         writer = MemoryWriter(into)
         prepared.execute(writer)
     return writer.tensors
@@ -206,12 +221,15 @@ class _Prepared:
     workers: int
     single_threaded: bool
     base_check: BaseCheck | None
+    vocab: VocabAlignment | None = None
 
     def execute(self, writer) -> tuple[RunStats, list[str]]:
         # block-parallel elementwise work runs best one thread per worker; statistics (TIES) use torch's own threads
         threads = torch.get_num_threads()
         if self.single_threaded:
             torch.set_num_threads(1)
+        if self.vocab is not None:
+            writer = _Patching(writer, self.vocab)
         try:
             stats = execute(self.jobs, writer, self.workers, label=self.method.name, progress=self.options.progress,
                             memory_budget=self.options.memory_budget)
@@ -226,7 +244,8 @@ class _Prepared:
 
 
 def _prepare(base: Checkpoint | None, inputs: list[Input], method: MergeMethod, model_settings: list[dict],
-             global_settings: dict, options: MergeOptions, out_dtype: torch.dtype | None) -> _Prepared:
+             global_settings: dict, options: MergeOptions, out_dtype: torch.dtype | None,
+             vocab: VocabAlignment | None = None) -> _Prepared:
     """Plan the merge (with whole-vector selections, when asked) and make one job per output tensor."""
     device = _device(options.device)
     workers = options.workers or default_workers()
@@ -253,7 +272,17 @@ def _prepare(base: Checkpoint | None, inputs: list[Input], method: MergeMethod, 
         return Job(t.name, t.shape, t.out_dtype, t.read_bytes, lambda: reference.merge(t), memory)
 
     single = (method.streaming or fast is not None) and workers > 1
-    return _Prepared(plan, [job(t) for t in plan.tensors], method, options, workers, single, base_check)
+    return _Prepared(plan, [job(t) for t in plan.tensors], method, options, workers, single, base_check, vocab)
+
+
+class _Patching:
+    """A writer that sets the vocabulary rows only some models have (their average) before writing."""
+
+    def __init__(self, writer, vocab: VocabAlignment):
+        self.writer, self.vocab = writer, vocab
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        self.writer.write(name, self.vocab.patch(name, tensor))
 
 
 def _job_memory(t: TensorPlan, reference: ReferenceMerger, fast: fused.FusedMerger | None) -> int:
@@ -266,12 +295,17 @@ def _job_memory(t: TensorPlan, reference: ReferenceMerger, fast: fused.FusedMerg
 def describe_recipe(recipe: Recipe | str | Path, options: MergeOptions | None = None) -> PlanView:
     """``taskvec merge --dry-run``: the plan as rows and totals, from headers alone; nothing is written."""
     options = options or MergeOptions()
-    plan = plan_recipe(recipe, options)
-    reference = ReferenceMerger(plan.method, plan.base, plan.inputs, _device(options.device), options.compute_dtype,
-                                plan.base is not None, None)
-    fast = fused.FusedMerger(plan.method, plan.base, plan.inputs) if any(t.fused for t in plan.tensors) else None
-    return describe(plan, options.workers or default_workers(), options.memory_budget,
-                    lambda t: _job_memory(t, reference, fast))
+    with _opened(recipe) as run:
+        plan = make_plan(run.base, run.inputs, run.method, run.model_settings, run.global_settings, options,
+                         run.out_dtype)
+        reference = ReferenceMerger(plan.method, plan.base, plan.inputs, _device(options.device),
+                                    options.compute_dtype, plan.base is not None, None)
+        fast = fused.FusedMerger(plan.method, plan.base, plan.inputs) if any(t.fused for t in plan.tensors) else None
+        view = describe(plan, options.workers or default_workers(), options.memory_budget,
+                        lambda t: _job_memory(t, reference, fast))
+        if run.vocab is not None:
+            view.totals["vocabulary"] = run.vocab.summary()
+        return view
 
 
 def _deltas(base: Checkpoint, inputs: list[Input], name: str, rows, device) -> list[torch.Tensor]:

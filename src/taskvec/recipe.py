@@ -2,7 +2,7 @@
 
 Supported: ``merge_method``, ``base_model``, ``models: [{model, parameters}]``, top-level ``parameters``, ``dtype``
 (the dtype mergekit computes in; here it sets the output dtype unless ``out_dtype`` does -- taskvec always computes
-in float32 unless told otherwise), ``out_dtype``, ``tokenizer_source`` (``base`` or a model), per-parameter
+in float32 unless told otherwise), ``out_dtype``, ``tokenizer_source`` (``base``, ``union`` or a model: vocabularies aligned by token, see vocab.py), per-parameter
 ``filter`` lists and layer gradients. ``slices`` and ``modules`` (frankenmerges) are refused with a clear message.
 """
 
@@ -73,8 +73,6 @@ def validate_recipe(recipe: Recipe, source: str = "recipe") -> MergeMethod:
             raise TaskvecError(f"{source}: {what} are not supported yet; list whole models under 'models'")
     if recipe.chat_template is not None:
         raise TaskvecError(f"{source}: chat_template is not supported yet; edit tokenizer_config.json after merging")
-    if recipe.tokenizer_source == "union":
-        raise TaskvecError(f"{source}: tokenizer_source 'union' is not supported yet; use 'base' or a model path")
     method = get_method(recipe.merge_method)
     if not recipe.models:
         raise TaskvecError(f"{source}: 'models' must list at least one model")

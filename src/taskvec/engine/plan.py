@@ -226,7 +226,7 @@ def plan_tensors(
             if info.shape != ref.shape:
                 raise TaskvecError(
                     f"tensor {ref.name!r}: shape {list(info.shape)} in {info.file} but {list(ref.shape)} in "
-                    f"{ref.file}; merging needs models of the same architecture fine-tuned from the same base"
+                    f"{ref.file}; " + _shape_advice(ref.name, info.shape, ref.shape)
                 )
             holders.append(info)
         missing += [f"{ref.name!r} is in {ref_label} but not in {inp.label}" for inp in lacking]
@@ -247,6 +247,15 @@ def plan_tensors(
             "that has them (extra modules such as a vision tower or reward head), pass --carry-missing"
         )
     return plans
+
+
+def _shape_advice(name: str, shape: tuple[int, ...], other: tuple[int, ...]) -> str:
+    from ..vocab import ROW_MODULES, module_of
+
+    if module_of(name) in ROW_MODULES and shape[1:] == other[1:]:
+        return ("the vocabularies differ: align them by token with tokenizer_source: union (or base, or a model) in "
+                "the recipe")
+    return "merging needs models of the same architecture fine-tuned from the same base"
 
 
 def _plan(ref: TensorInfo, copy_from, out_dtype, holders: list[TensorInfo], merge: bool,

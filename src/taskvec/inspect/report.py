@@ -202,7 +202,9 @@ def settings_line(report: InspectReport) -> str:
     s = report.settings
     return (f"{report.tensors} tensors ({report.parameters:,} entries) compared, {len(report.skipped)} left out; "
             f"tolerance {s['tolerance']:g}, TIES density {s['density']:g} (per tensor), top-k "
-            f"{', '.join(f'{k:g}%' for k in s['top_k_percent'])}; base {s['base'] or '-'}; {report.seconds:.1f} s")
+            f"{', '.join(f'{k:g}%' for k in s['top_k_percent'])}; base {s['base'] or '-'}; {report.seconds:.1f} s"
+            + (f"; vocabularies differ, rows compared by token on the base's: {s['vocabulary']}"
+               if s.get("vocabulary") else ""))
 
 
 STYLE = ("<style>body{font-family:sans-serif;margin:2em;max-width:72em}table{border-collapse:collapse;margin:1em 0}"

@@ -70,6 +70,16 @@ def inspect_vectors(vectors: Sequence[str | Path], base: str | Path | None = Non
                                "it was fine-tuned from) so that its task vector is model - base")
         if base is not None:
             base_ckpt = open_checkpoint(str(base))
+        vocabulary = None
+        if models and base_ckpt is not None and _vocabularies_differ(base_ckpt, models):
+            from ..vocab import align_vocabularies  # rows compared by token, on the base's vocabulary
+
+            alignment = align_vocabularies("base", base_ckpt, inputs, (), open_checkpoint)
+            if alignment is not None:
+                vocabulary = alignment.summary()
+                base_ckpt = alignment.wrap(base_ckpt)
+                for inp in inputs:
+                    inp.checkpoint = alignment.wrap(inp.checkpoint)
         tensors, skipped = common_tensors(inputs, base_ckpt if models else None)
         scan = Scan(inputs, base_ckpt if models else None, tensors, tolerance, density, progress)
         thresholds = scan.top_k_thresholds(list(top_k))
@@ -87,6 +97,8 @@ def inspect_vectors(vectors: Sequence[str | Path], base: str | Path | None = Non
         "top_k_percent": list(top_k), "ties": {"trim_scope": "tensor", "consensus_method": "sum", "weights": 1.0},
         "taskvec_version": __version__,
     }
+    if vocabulary is not None:
+        settings["vocabulary"] = vocabulary
     return InspectReport(
         settings=settings,
         vectors=[stats.vector_stats(totals, i, labels[i], kinds[i], thresholds[i]) for i in range(len(inputs))],
@@ -94,6 +106,17 @@ def inspect_vectors(vectors: Sequence[str | Path], base: str | Path | None = Non
         tensors=len(tensors), parameters=sum(t.numel for t in tensors),
         skipped=[{"tensor": n, "reason": r} for n, r in skipped.items()], seconds=time.monotonic() - start,
     )
+
+
+def _vocabularies_differ(base: Checkpoint, models: list[Input]) -> bool:
+    """Whether an embedding or LM-head tensor has another row count in some model than in the base."""
+    from ..vocab import ROW_MODULES, module_of
+
+    for name, info in base.tensors.items():
+        if module_of(name) in ROW_MODULES and info.shape:
+            if any(name in m.checkpoint and m.checkpoint.info(name).shape[0] != info.shape[0] for m in models):
+                return True
+    return False
 
 
 def common_tensors(inputs: list[Input], base: Checkpoint | None) -> tuple[list[TensorSpec], dict[str, str]]:

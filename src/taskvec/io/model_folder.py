@@ -68,8 +68,9 @@ def module_folders(folder: Path) -> list[str]:
 
 
 def copy_aux_files(writer: ShardedWriter, source, tokenizer_folder: Path | None = None,
-                   out_dtype: str | None = None) -> None:
-    """Copy config and tokenizer from the base (tokenizer optionally from another model); fix config's dtype.
+                   out_dtype: str | None = None, config_updates: dict | None = None) -> None:
+    """Copy config and tokenizer from the base (tokenizer optionally from another model); fix config's dtype and
+    apply `config_updates` (e.g. the vocab_size of an aligned vocabulary).
 
     `source` is the base's ``Checkpoint`` (whose ``is_folder`` says whether its whole folder is the model's) or,
     for older callers, a folder path taken to be a model folder."""
@@ -79,8 +80,15 @@ def copy_aux_files(writer: ShardedWriter, source, tokenizer_folder: Path | None 
         rel = path.relative_to(folder).as_posix()
         if tokenizer_folder != folder and rel in TOKENIZER_FILES:
             continue
-        if rel == "config.json" and out_dtype:
-            writer.write_text("config.json", json.dumps(_with_dtype(path, out_dtype), indent=2) + "\n")
+        if rel == "config.json" and (out_dtype or config_updates):
+            config = _read_config(path)
+            if out_dtype:
+                config["dtype" if "dtype" in config else "torch_dtype"] = out_dtype
+            for key, value in (config_updates or {}).items():
+                config[key] = value
+                if isinstance(config.get("text_config"), dict) and key in config["text_config"]:
+                    config["text_config"][key] = value
+            writer.write_text("config.json", json.dumps(config, indent=2) + "\n")
         else:
             writer.copy_file(path, rel)
     if tokenizer_folder != folder and tokenizer_folder is not None:
@@ -89,14 +97,13 @@ def copy_aux_files(writer: ShardedWriter, source, tokenizer_folder: Path | None 
                 writer.copy_file(tokenizer_folder / name, name)
 
 
-def _with_dtype(path: Path, out_dtype: str) -> dict:
+def _read_config(path: Path) -> dict:
     try:
         config = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise TaskvecError(f"{path}: unreadable config ({e})") from e
     if not isinstance(config, dict):
         raise TaskvecError(f"{path}: unreadable config (not a JSON object)")
-    config["dtype" if "dtype" in config else "torch_dtype"] = out_dtype
     return config
 
 
