@@ -119,13 +119,20 @@ def test_a_tensor_only_one_model_has_is_an_error_or_carried_over(family):
     torch.testing.assert_close(out["layers.0.w"], a_t["layers.0.w"] + rm_t["layers.0.w"] - base_t["layers.0.w"])
 
 
-def test_tensor_missing_from_one_model_is_copied_from_the_base_when_carried(family):
+def test_a_model_lacking_a_tensor_keeps_the_base_value_there_when_carried(family):
+    """--carry-missing: the tensor merges over the models that have it (the lacking model's task vector is zero
+    there): base + (a - base), not the base's copy."""
     tmp, base, a, _ = family
     lacking = toy_tensors(5)
     del lacking["layers.1.b"]
     write_model(tmp / "lacking", lacking)
+    with pytest.raises(TaskvecError, match=r"'layers\.1\.b' is in base .* but not in .*lacking.*--carry-missing"):
+        merge(recipe(base, a, tmp / "lacking"), tmp / "out")
     merge(recipe(base, a, tmp / "lacking"), tmp / "out", on_missing="carry")
-    assert torch.equal(read_model(tmp / "out")["layers.1.b"], toy_tensors(0)["layers.1.b"])
+    out = read_model(tmp / "out")
+    torch.testing.assert_close(out["layers.1.b"], toy_tensors(1)["layers.1.b"], rtol=0, atol=1e-6)
+    base_t, a_t, l_t = toy_tensors(0), toy_tensors(1), toy_tensors(5)
+    torch.testing.assert_close(out["layers.0.w"], a_t["layers.0.w"] + l_t["layers.0.w"] - base_t["layers.0.w"])
 
 
 def test_integer_tensors_are_copied_from_the_base_never_averaged(family):

@@ -180,6 +180,9 @@ def merge(
     rank: Annotated[Optional[int], typer.Option("--rank", help="--out-format lora: the LoRA rank")] = None,
     energy: Annotated[Optional[float], typer.Option("--energy", help="--out-format lora: per matrix, the rank "
                                                     "holding this share of the energy")] = None,
+    architecture: Annotated[Optional[str], typer.Option(
+        "--architecture", help="the transformers class the output loads as (e.g. LlamaForSequenceClassification): "
+                               "config.json from the merged model whose config lists it")] = None,
 ):
     """Run a recipe (merge_method, base_model, models, parameters) and write a Hugging Face model folder."""
     options = _options(shard_size, workers, device, compute_dtype, force, carry_missing, quiet, seed, force_base)
@@ -199,7 +202,7 @@ def merge(
         raise TaskvecError("merge: give the output folder with --out DIR (or --dry-run to only print the plan)")
     from .merge import merge_recipe
 
-    _summary(merge_recipe(recipe, out, options), quiet)
+    _summary(merge_recipe(recipe, out, options, architecture=architecture), quiet)
 
 
 def _print_plan(view) -> None:

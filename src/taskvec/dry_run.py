@@ -51,11 +51,21 @@ def describe(plan: MergePlan, workers: int, memory_budget: int, job_memory) -> P
 
 def _row(t: TensorPlan, shown: list[str], with_params: bool) -> list[str]:
     dtypes = sorted({dtype_name(d) for d in (t.input_dtypes or (t.source_dtype,))})
-    row = [t.name, t.path, "×".join(map(str, t.shape)) or "scalar", f"{','.join(dtypes)} → {dtype_name(t.out_dtype)}"]
+    row = [t.name, _path(t), "×".join(map(str, t.shape)) or "scalar", f"{','.join(dtypes)} → {dtype_name(t.out_dtype)}"]
     row += ["/".join(_fmt(m.values[k]) for k in shown) for m in t.models] if t.merge else []
     if t.merge and with_params:
         row.append(_params(t))
     return row
+
+
+def _path(t: TensorPlan) -> str:
+    """How the tensor is made: merged (fused or reference; models that lack it keep the base's value), or copied
+    from the model named."""
+    if not t.merge:
+        return f"copy from {_short(t.copy_from.label)}"
+    if t.lacking:
+        return f"{t.path} ({', '.join(f'm{k + 1}' for k in t.lacking)}: base value)"
+    return t.path
 
 
 def _params(t: TensorPlan) -> str:

@@ -58,8 +58,10 @@ class MergeResult:
     vocabulary: str | None = None  # how vocabularies were aligned (tokenizer_source), when they differed
 
 
-def merge_recipe(recipe: Recipe | str | Path, out: str | Path, options: MergeOptions | None = None) -> MergeResult:
-    """Run a recipe (a parsed ``Recipe`` or a YAML path) and write a model folder at ``out``."""
+def merge_recipe(recipe: Recipe | str | Path, out: str | Path, options: MergeOptions | None = None,
+                 architecture: str | None = None) -> MergeResult:
+    """Run a recipe (a parsed ``Recipe`` or a YAML path) and write a model folder at ``out``. `architecture` (a
+    transformers class, e.g. LlamaForSequenceClassification) picks the config.json the output is loaded with."""
     options = options or MergeOptions()
     prepare_target(Path(out), options.force)
     with _opened(recipe) as run:
@@ -69,7 +71,7 @@ def merge_recipe(recipe: Recipe | str | Path, out: str | Path, options: MergeOpt
             card=model_card([(i.label, i.checkpoint.config()) for i in run.inputs]
                             + ([(run.base.label, run.base.config())] if run.base else []), run.method.name,
                             run.recipe.to_yaml(), Path(out)),
-            tokenizer_folder=run.tokenizer_folder, vocab=run.vocab,
+            tokenizer_folder=run.tokenizer_folder, vocab=run.vocab, architecture=architecture,
         )
 
 
@@ -162,15 +164,17 @@ def merge_inputs(
     card: str | None = None,
     tokenizer_folder: Path | None = None,
     vocab: VocabAlignment | None = None,
+    architecture: str | None = None,
 ) -> MergeResult:
     """Merge ``inputs`` into ``base`` with ``method``; settings are recipe-style (scalars, gradients, filters)."""
     _refuse_overwriting_inputs(out, [base] if base else [], inputs)
     run = _prepare(base, inputs, method, model_settings, global_settings, options, out_dtype, vocab)
     reference_checkpoint = base if base is not None else run.plan.inputs[0].checkpoint
     specs = [(t.name, t.out_dtype, t.shape) for t in run.plan.tensors]
+    config = config_for(architecture, [base] if base else [], run.plan.inputs) if architecture else None
     with ShardedWriter(out, specs, options.shard_size, force=options.force) as writer:
         copy_aux_files(writer, reference_checkpoint, tokenizer_folder, dtype_name(out_dtype) if out_dtype else None,
-                       vocab.config_updates() if vocab is not None else None)
+                       vocab.config_updates() if vocab is not None else None, config)
         if card:
             writer.write_text("README.md", card)
         stats, notes = run.execute(writer)
@@ -283,6 +287,19 @@ class _Patching:
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         self.writer.write(name, self.vocab.patch(name, tensor))
+
+
+def config_for(architecture: str, bases: list[Checkpoint], inputs: list[Input]) -> dict:
+    """The config.json of the first model (the base first) whose ``architectures`` lists `architecture`, with only
+    that class listed: the output then loads as that class with its settings (a classifier's labels, say)."""
+    checkpoints = bases + [inp.checkpoint for inp in inputs]
+    for checkpoint in checkpoints:
+        config = checkpoint.config()
+        if isinstance(config, dict) and architecture in (config.get("architectures") or []):
+            return {**config, "architectures": [architecture]}
+    listed = sorted({a for c in checkpoints for a in ((c.config() or {}).get("architectures") or [])})
+    raise TaskvecError(f"--architecture {architecture}: no merged model's config.json lists it (they list "
+                       f"{', '.join(listed) or 'none'}); pick one of those")
 
 
 def _job_memory(t: TensorPlan, reference: ReferenceMerger, fast: fused.FusedMerger | None) -> int:

@@ -46,7 +46,7 @@ def runs(method: MergeMethod, base, inputs: list[Input], device: torch.device, c
 def covers(method: MergeMethod, plan: TensorPlan) -> bool:
     """Whether the kernels compute this tensor exactly as the method's reference function would."""
     dtypes = plan.input_dtypes + ((plan.source_dtype,) if method.kernel.uses_base else ())
-    return (all(d in KERNEL_DTYPES for d in dtypes) and plan.out_dtype in KERNEL_DTYPES
+    return (not plan.lacking and all(d in KERNEL_DTYPES for d in dtypes) and plan.out_dtype in KERNEL_DTYPES
             and method.fused(plan.params, plan.models))
 
 

@@ -46,6 +46,7 @@ class TensorPlan:
     models: tuple[ModelArgs, ...] = ()  # per input, in the plan's input order
     params: Mapping[str, Any] = field(default_factory=dict)
     fused: bool = False  # computed by the fused kernels (else, if merged, by the method's reference code)
+    lacking: tuple[int, ...] = ()  # inputs without this tensor (--carry-missing): they keep the base's value, τ = 0
 
     @property
     def merge(self) -> bool:
@@ -230,9 +231,15 @@ def plan_tensors(
                 )
             holders.append(info)
         missing += [f"{ref.name!r} is in {ref_label} but not in {inp.label}" for inp in lacking]
-        merge = ref.dtype.is_floating_point and not lacking
-        plans.append(_plan(ref, None if merge else reference, out_dtype, holders, merge,
-                           [inp.info(ref.name) for inp in inputs]))
+        # carried: a model without the tensor keeps the base's value (its task vector is zero there), so the
+        # tensor merges over the models that have it; without a base it is copied from the first input
+        keeps_base = on_missing == "carry" and base is not None and any(i.info(ref.name) for i in inputs)
+        merge = ref.dtype.is_floating_point and (not lacking or keeps_base)
+        plan = _plan(ref, None if merge else reference, out_dtype, holders, merge,
+                     [inp.info(ref.name) for inp in inputs])
+        if merge and lacking:
+            plan = replace(plan, lacking=tuple(k for k, inp in enumerate(inputs) if inp in lacking))
+        plans.append(plan)
     for name, (owner, info) in extra.items():
         if owner.absent_means_zero and base is not None:
             raise TaskvecError(

@@ -68,20 +68,25 @@ def module_folders(folder: Path) -> list[str]:
 
 
 def copy_aux_files(writer: ShardedWriter, source, tokenizer_folder: Path | None = None,
-                   out_dtype: str | None = None, config_updates: dict | None = None) -> None:
+                   out_dtype: str | None = None, config_updates: dict | None = None,
+                   config: dict | None = None) -> None:
     """Copy config and tokenizer from the base (tokenizer optionally from another model); fix config's dtype and
-    apply `config_updates` (e.g. the vocab_size of an aligned vocabulary).
+    apply `config_updates` (e.g. the vocab_size of an aligned vocabulary). `config` replaces the base's config.json
+    (another model's, for the class the output is loaded as).
 
     `source` is the base's ``Checkpoint`` (whose ``is_folder`` says whether its whole folder is the model's) or,
     for older callers, a folder path taken to be a model folder."""
     folder = getattr(source, "folder", source)
     tokenizer_folder = tokenizer_folder or folder
-    for path in aux_files(folder, getattr(source, "is_folder", True)):
+    files = aux_files(folder, getattr(source, "is_folder", True))
+    if config is not None and not any(p.relative_to(folder).as_posix() == "config.json" for p in files):
+        files.append(Path(folder) / "config.json")  # written from `config`, not read
+    for path in files:
         rel = path.relative_to(folder).as_posix()
         if tokenizer_folder != folder and rel in TOKENIZER_FILES:
             continue
-        if rel == "config.json" and (out_dtype or config_updates):
-            config = _read_config(path)
+        if rel == "config.json" and (out_dtype or config_updates or config is not None):
+            config = dict(config) if config is not None else _read_config(path)
             if out_dtype:
                 config["dtype" if "dtype" in config else "torch_dtype"] = out_dtype
             for key, value in (config_updates or {}).items():
