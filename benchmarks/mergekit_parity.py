@@ -98,6 +98,56 @@ models:
 """,
 }
 RECIPES["breadcrumbs_ties"] = RECIPES["breadcrumbs"].replace("method: breadcrumbs", "method: breadcrumbs_ties")
+# slices: a frankenmerge (6 layers from two models' overlapping ranges, one scaled) and per-slice merges with a
+# gradient over the first slice and slice-level parameters in the second
+RECIPES["passthrough (slices)"] = """merge_method: passthrough
+slices:
+  - sources:
+      - model: {ft1}
+        layer_range: [0, 3]
+  - sources:
+      - model: {ft2}
+        layer_range: [1, 4]
+        parameters: {{scale: 0.5}}
+"""
+RECIPES["task_arithmetic (slices)"] = """merge_method: task_arithmetic
+base_model: {base}
+slices:
+  - sources:
+      - model: {base}
+        layer_range: [0, 2]
+      - model: {ft1}
+        layer_range: [0, 2]
+        parameters: {{weight: [0.2, 1.0]}}
+      - model: {ft3}
+        layer_range: [0, 2]
+        parameters: {{weight: 0.4}}
+  - sources:
+      - model: {base}
+        layer_range: [2, 4]
+      - model: {ft2}
+        layer_range: [2, 4]
+    parameters: {{weight: 0.7}}
+"""
+RECIPES["ties (slices)"] = """merge_method: ties
+base_model: {base}
+slices:
+  - sources:
+      - model: {base}
+        layer_range: [0, 4]
+      - model: {ft1}
+        layer_range: [0, 4]
+        parameters: {{weight: 1.0, density: 0.5}}
+      - model: {ft2}
+        layer_range: [0, 4]
+        parameters: {{weight: 0.6, density: [0.3, 0.9]}}
+  - sources:
+      - model: {base}
+        layer_range: [2, 4]
+      - model: {ft3}
+        layer_range: [1, 3]
+        parameters: {{weight: 1.0, density: 0.7}}
+"""
 
 
 def write_family(root: Path) -> dict[str, Path]:
@@ -146,19 +196,20 @@ def main() -> None:
         work = Path(tmp)
         paths = write_family(work)
         for method, template in RECIPES.items():
-            recipe = work / f"{method}.yaml"
+            slug = method.replace(" ", "-").replace("(", "").replace(")", "")
+            recipe = work / f"{slug}.yaml"
             recipe.write_text(template.format(**{k: str(v) for k, v in paths.items()}))
             t0 = time.perf_counter()
-            mk = subprocess.run([str(mergekit), str(recipe), str(work / f"mk-{method}"), "--quiet"],
+            mk = subprocess.run([str(mergekit), str(recipe), str(work / f"mk-{slug}"), "--quiet"],
                                 capture_output=True, text=True)
             t1 = time.perf_counter()
             tv = subprocess.run([sys.executable, "-m", "taskvec.cli", "merge", str(recipe), "--out",
-                                 str(work / f"tv-{method}"), "-q"], capture_output=True, text=True)
+                                 str(work / f"tv-{slug}"), "-q"], capture_output=True, text=True)
             t2 = time.perf_counter()
             if mk.returncode or tv.returncode:
                 rows.append({"method": method, "error": (mk.stderr or tv.stderr).strip().splitlines()[-1]})
                 continue
-            a, b = read_all(work / f"tv-{method}"), read_all(work / f"mk-{method}")
+            a, b = read_all(work / f"tv-{slug}"), read_all(work / f"mk-{slug}")
             worst, where = 0.0, None
             for name, ref in b.items():
                 diff = float((a[name].double() - ref.double()).abs().max()) / max(float(ref.double().abs().max()), 1e-30)

@@ -69,10 +69,11 @@ def test_bad_parameter_value_type(family):
         parse_recipe(recipe(base, a, model_params={"weight": "heavy"}))
 
 
-def test_slices_are_refused_clearly(family):
-    _, base, a, _ = family
-    with pytest.raises(TaskvecError, match="slices .* are not supported yet"):
+def test_empty_slices_and_modules_are_refused_clearly(family):
+    with pytest.raises(TaskvecError, match=r"slices\[0\]: sources must list at least one model"):
         parse_recipe({"merge_method": "linear", "slices": [{"sources": []}]})
+    with pytest.raises(TaskvecError, match="modules are not supported yet"):
+        parse_recipe({"merge_method": "linear", "modules": {"text": {}}})
 
 
 def test_task_arithmetic_needs_a_base(family):

@@ -194,9 +194,12 @@ def merge(
         print(energy_summary(merge_as_lora(recipe, out, options, rank=rank, energy=energy)))
         return
     if dry_run:
-        from .merge import describe_recipe
+        from .merge import describe_views
 
-        _print_plan(describe_recipe(recipe, options))
+        for title, view in describe_views(recipe, options):
+            if title:
+                Console().print(title, highlight=False)
+            _print_plan(view)
         return
     if out is None:
         raise TaskvecError("merge: give the output folder with --out DIR (or --dry-run to only print the plan)")

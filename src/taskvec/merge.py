@@ -63,6 +63,13 @@ def merge_recipe(recipe: Recipe | str | Path, out: str | Path, options: MergeOpt
     """Run a recipe (a parsed ``Recipe`` or a YAML path) and write a model folder at ``out``. `architecture` (a
     transformers class, e.g. LlamaForSequenceClassification) picks the config.json the output is loaded with."""
     options = options or MergeOptions()
+    stacked = _slices(recipe)
+    if stacked is not None:
+        from .slices import merge_slices
+
+        if architecture:
+            raise TaskvecError("--architecture: not with slices (the output's config is the base's)")
+        return merge_slices(*stacked, Path(out), options)
     prepare_target(Path(out), options.force)
     with _opened(recipe) as run:
         return merge_inputs(
@@ -310,19 +317,52 @@ def _job_memory(t: TensorPlan, reference: ReferenceMerger, fast: fused.FusedMerg
 
 
 def describe_recipe(recipe: Recipe | str | Path, options: MergeOptions | None = None) -> PlanView:
-    """``taskvec merge --dry-run``: the plan as rows and totals, from headers alone; nothing is written."""
+    """``taskvec merge --dry-run``: the plan as rows and totals, from headers alone; nothing is written. A slices
+    recipe gives one view per slice: ``describe_slices``."""
     options = options or MergeOptions()
+    if _slices(recipe) is not None:
+        raise TaskvecError("a slices recipe has one plan per slice: use describe_slices")
     with _opened(recipe) as run:
         plan = make_plan(run.base, run.inputs, run.method, run.model_settings, run.global_settings, options,
                          run.out_dtype)
-        reference = ReferenceMerger(plan.method, plan.base, plan.inputs, _device(options.device),
-                                    options.compute_dtype, plan.base is not None, None)
-        fast = fused.FusedMerger(plan.method, plan.base, plan.inputs) if any(t.fused for t in plan.tensors) else None
-        view = describe(plan, options.workers or default_workers(), options.memory_budget,
-                        lambda t: _job_memory(t, reference, fast))
+        view = describe_plan(plan, options)
         if run.vocab is not None:
             view.totals["vocabulary"] = run.vocab.summary()
         return view
+
+
+def describe_views(recipe: Recipe | str | Path, options: MergeOptions | None = None) -> list[tuple[str | None, PlanView]]:
+    """What ``--dry-run`` prints: one untitled plan, or one titled plan per slice."""
+    if _slices(recipe) is not None:
+        return describe_slices(recipe, options)
+    return [(None, describe_recipe(recipe, options))]
+
+
+def describe_slices(recipe: Recipe | str | Path, options: MergeOptions | None = None) -> list[tuple[str, PlanView]]:
+    """``--dry-run`` for a slices recipe: per slice, a title (its output layers and sources) and its plan, with the
+    slice's own layer numbers (0 = the slice's first layer)."""
+    from .slices import merge_slices
+
+    return merge_slices(*_slices(recipe), None, options or MergeOptions(), dry_run=True)
+
+
+def describe_plan(plan: MergePlan, options: MergeOptions) -> PlanView:
+    reference = ReferenceMerger(plan.method, plan.base, plan.inputs, _device(options.device),
+                                options.compute_dtype, plan.base is not None, None)
+    fast = fused.FusedMerger(plan.method, plan.base, plan.inputs) if any(t.fused for t in plan.tensors) else None
+    return describe(plan, options.workers or default_workers(), options.memory_budget,
+                    lambda t: _job_memory(t, reference, fast))
+
+
+def _slices(recipe: Recipe | str | Path) -> tuple | None:
+    """(recipe, search folders, opener, method) when the recipe stacks slices, else None."""
+    search: tuple[Path, ...] = ()
+    if not isinstance(recipe, Recipe):
+        search = (Path(recipe).resolve().parent,)
+        recipe = load_recipe(recipe)
+    if recipe.slices is None:
+        return None
+    return recipe, search, open_checkpoint, validate_recipe(recipe)
 
 
 def _deltas(base: Checkpoint, inputs: list[Input], name: str, rows, device) -> list[torch.Tensor]:

@@ -3,7 +3,8 @@
 Supported: ``merge_method``, ``base_model``, ``models: [{model, parameters}]``, top-level ``parameters``, ``dtype``
 (the dtype mergekit computes in; here it sets the output dtype unless ``out_dtype`` does -- taskvec always computes
 in float32 unless told otherwise), ``out_dtype``, ``tokenizer_source`` (``base``, ``union`` or a model: vocabularies aligned by token, see vocab.py), per-parameter
-``filter`` lists and layer gradients. ``slices`` and ``modules`` (frankenmerges) are refused with a clear message.
+``filter`` lists, layer gradients and ``slices`` (layer ranges of several models, see slices.py). ``modules`` is
+refused with a clear message.
 """
 
 import warnings
@@ -68,14 +69,17 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
 
 def validate_recipe(recipe: Recipe, source: str = "recipe") -> MergeMethod:
     """Everything that can be checked without opening a file: method, parameters, their shapes, dtypes."""
-    for field, what in (("slices", "slices (layer-range merges)"), ("modules", "modules"), ("tokenizer", "tokenizer")):
+    for field, what in (("modules", "modules"), ("tokenizer", "tokenizer")):
         if getattr(recipe, field) is not None:
-            raise TaskvecError(f"{source}: {what} are not supported yet; list whole models under 'models'")
+            raise TaskvecError(f"{source}: {what} are not supported yet; list whole models under 'models' (or "
+                               "layer ranges under 'slices')")
     if recipe.chat_template is not None:
         raise TaskvecError(f"{source}: chat_template is not supported yet; edit tokenizer_config.json after merging")
     method = get_method(recipe.merge_method)
+    if recipe.slices is not None:
+        return _validate_slices(recipe, method, source)
     if not recipe.models:
-        raise TaskvecError(f"{source}: 'models' must list at least one model")
+        raise TaskvecError(f"{source}: 'models' (or 'slices') must list at least one model")
     if method.needs_base and not recipe.base_model:
         raise TaskvecError(f"{source}: merge_method {method.name} needs a base_model (task vectors are model - base)")
     inputs = input_specs(recipe, method)
@@ -113,6 +117,37 @@ def validate_recipe(recipe: Recipe, source: str = "recipe") -> MergeMethod:
             if key not in known:
                 raise TaskvecError(f"{where}: {method.name} has no parameter {key!r}; it takes {_names(method)}")
             _check_setting(setting, where, method.param(key))
+    return method
+
+
+def _validate_slices(recipe: Recipe, method: MergeMethod, source: str) -> MergeMethod:
+    """A slices recipe: the slices' shape (slices.parse_slices) and every parameter; the models' layer counts and
+    each slice's base are checked when the models are opened, before any tensor is read."""
+    from .slices import parse_slices
+
+    if recipe.models:
+        raise TaskvecError(f"{source}: give 'models' or 'slices', not both")
+    if recipe.tokenizer_source is not None:
+        raise TaskvecError(f"{source}: tokenizer_source is not supported with slices yet")
+    slices = parse_slices(recipe.slices, source)
+    for field in ("dtype", "out_dtype"):
+        if getattr(recipe, field) is not None:
+            parse_dtype(getattr(recipe, field), f"{source}: {field}")
+    global_names = {p.name for p in method.params}
+    known = global_names | {p.name for p in method.model_params} | set(method.ignored)
+    settings = [("parameters", recipe.parameters)]
+    for i, s in enumerate(slices):
+        settings.append((f"slices[{i}].parameters", s.parameters))
+        settings += [(f"slices[{i}].sources[{j}].parameters", src.parameters) for j, src in enumerate(s.sources)]
+    for where, params in settings:
+        for key, setting in (params or {}).items():
+            here = f"{source}: {where}.{key}"
+            if key not in known:
+                raise TaskvecError(f"{here}: {method.name} has no parameter {key!r}; it takes {_names(method)}")
+            if ".sources[" in where and key in global_names:
+                raise TaskvecError(f"{here}: {key!r} applies to the whole merge; move it to the slice's or the "
+                                   "top-level 'parameters'")
+            _check_setting(setting, here, method.param(key))
     return method
 
 
