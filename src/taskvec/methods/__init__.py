@@ -72,6 +72,12 @@ class Param:
                 if self.range is not None and value not in self.range:
                     raise TaskvecError(f"{where}: {self.name} must be in {self.range}, got {value:g}")
                 return value
+        elif self.type is int:
+            if isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and value.is_integer():
+                value = int(value)
+                if self.range is not None and value not in self.range:
+                    raise TaskvecError(f"{where}: {self.name} must be in {self.range}, got {value}")
+                return value
         elif self.type is str and isinstance(value, str):
             if self.choices and value not in self.choices:
                 raise TaskvecError(f"{where}: {self.name} must be one of {', '.join(self.choices)}, got {value!r}")

@@ -1,0 +1,40 @@
+"""Isotropic merging in the common subspace, Iso-C (Marczak et al., ICML 2025): the task-arithmetic sum's singular
+vectors with a flat spectrum. Task arithmetic's sum is dominated by a few directions that the largest tasks share;
+giving every direction the same weight lets the smaller tasks' directions count.
+
+Per matrix, with Σ wᵢτᵢ = U·diag(S)·Vᵀ:  τ = lambda · mean(S) · U·Vᵀ. Other tensors: the mean of the task vectors.
+The paper picks lambda on validation data; 1.0 is the data-free default (tune it with `taskvec tune`).
+Departure: directions with numerically zero singular values are dropped (their vectors are arbitrary), and the mean
+is over the singular values kept -- the same as the paper's for the full-rank updates of real fine-tunes.
+"""
+
+from __future__ import annotations
+
+from . import LAMBDA, MergeMethod, register
+from .spectral import UNIT_WEIGHT, is_matrix, mean, svd, weighted
+
+
+def iso_c(base, deltas, models, params):
+    deltas = weighted(list(deltas), models)
+    if not is_matrix(deltas[0]):
+        return mean(deltas).mul_(params["lambda"])
+    total = deltas[0].clone()
+    for d in deltas[1:]:
+        total.add_(d)
+    u, s, vh = svd(total)
+    if s.numel() == 0:
+        return total.zero_()
+    return ((u * s.mean()) @ vh).mul_(params["lambda"]).to(total.dtype)
+
+
+register(
+    MergeMethod(
+        name="iso_c",
+        description="isotropic merging (Iso-C): the task-arithmetic sum's singular vectors, flat spectrum",
+        inputs="deltas",
+        fn=iso_c,
+        params=(LAMBDA,),
+        model_params=(UNIT_WEIGHT,),
+        paper="Marczak et al. 2025, No Task Left Behind: Isotropic Model Merging (arXiv:2502.04959)",
+    )
+)
