@@ -151,3 +151,25 @@ def test_a_recipe_runs_them_through_the_engine(tmp_path):
                 continue
             want = b0 + merge(name, [a[tensor] - b0, b[tensor] - b0], **params)
             torch.testing.assert_close(out[tensor], want, rtol=0, atol=1e-5, msg=f"{name} {tensor}")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["tsv", "iso_c", "iso_cts", "consensus"])
+def test_on_cuda_the_merge_matches_the_cpu(name, tmp_path):
+    """The SVDs run where the tensors are: on a GPU with --device cuda, the CPU's result up to float64 rounding."""
+    g = torch.Generator().manual_seed(3)
+    ts = [torch.randn(64, 48, generator=g) for _ in range(3)]
+    cpu = merge(name, ts)
+    gpu = merge(name, [t.cuda() for t in ts])
+    assert gpu.device.type == "cuda"
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-5 * float(cpu.abs().max()))
+    write_model(tmp_path / "base", toy_tensors(0))
+    write_model(tmp_path / "a", toy_tensors(1))
+    write_model(tmp_path / "b", toy_tensors(2))
+    recipe = parse_recipe({"merge_method": name, "base_model": str(tmp_path / "base"),
+                           "parameters": {"k": 1} if name == "consensus" else {},
+                           "models": [{"model": str(tmp_path / m)} for m in ("a", "b")]})
+    run(recipe, tmp_path / "cpu")
+    run(recipe, tmp_path / "gpu", device="cuda")
+    for tensor, t in read_model(tmp_path / "cpu").items():
+        torch.testing.assert_close(read_model(tmp_path / "gpu")[tensor], t, rtol=0, atol=1e-5, msg=tensor)

@@ -39,7 +39,11 @@ METHODS = {
     "task_arithmetic": ("task_arithmetic", {"weight": 0.5}, {}),
     "ties": ("ties", {"weight": 1.0, "density": 0.5}, {}),
     "dare_ties": ("dare_ties", {"weight": 1.0, "density": 0.5}, {}),
+    # the subspace methods: an SVD per matrix and task vector (not in the default run: hours on 2 CPU cores)
+    "tsv": ("tsv", {"weight": 1.0}, {}),
+    "iso_c": ("iso_c", {"weight": 1.0}, {}),
 }
+DEFAULT_METHODS = "linear,task_arithmetic,ties,dare_ties"
 
 
 def shapes(size: str) -> dict[str, tuple[int, ...]]:
@@ -184,7 +188,7 @@ def main() -> None:
     ap.add_argument("--with-mergekit", action="store_true")
     ap.add_argument("--mergekit-venv", type=Path, default=ROOT / ".cache" / "mergekit-venv")
     ap.add_argument("--mergekit-repeats", type=int, default=None, help="default: --repeats")
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=DEFAULT_METHODS, help=f"any of {', '.join(METHODS)}")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-cold", action="store_true")
