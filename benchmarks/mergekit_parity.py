@@ -98,6 +98,104 @@ models:
 """,
 }
 RECIPES["breadcrumbs_ties"] = RECIPES["breadcrumbs"].replace("method: breadcrumbs", "method: breadcrumbs_ties")
+# the methods mergekit 0.1.5 added (sce, karcher, multislerp, nearswap, arcee_fusion, ram, ramplus_tl)
+RECIPES["sce"] = """merge_method: sce
+base_model: {base}
+parameters:
+  select_topk:
+    - filter: self_attn
+      value: [0.2, 0.9]
+    - value: 0.5
+models:
+  - model: {ft1}
+  - model: {ft2}
+  - model: {ft3}
+"""
+RECIPES["sce (select_topk 1)"] = """merge_method: sce
+base_model: {base}
+models:
+  - model: {ft1}
+  - model: {ft2}
+  - model: {ft3}
+"""
+RECIPES["karcher"] = """merge_method: karcher
+base_model: {base}
+parameters: {{max_iter: 5, tol: 1.0e-6}}
+models:
+  - model: {ft1}
+  - model: {ft2}
+  - model: {ft3}
+"""
+RECIPES["karcher (no base)"] = """merge_method: karcher
+models:
+  - model: {ft1}
+  - model: {ft2}
+  - model: {ft3}
+"""
+RECIPES["multislerp"] = """merge_method: multislerp
+base_model: {base}
+models:
+  - model: {ft1}
+    parameters: {{weight: [0.2, 0.8]}}
+  - model: {ft2}
+    parameters: {{weight: 0.5}}
+  - model: {ft3}
+    parameters:
+      weight: [{{filter: mlp, value: 0.1}}, {{value: 0.3}}]
+"""
+RECIPES["multislerp (no base)"] = """merge_method: multislerp
+parameters: {{normalize_weights: false, eps: 1.0e-6}}
+models:
+  - model: {ft1}
+    parameters: {{weight: 0.3}}
+  - model: {ft2}
+    parameters: {{weight: 0.6}}
+"""
+RECIPES["nearswap"] = """merge_method: nearswap
+base_model: {base}
+parameters:
+  t:
+    - filter: mlp
+      value: 0.005
+    - value: [0.001, 0.02]
+models:
+  - model: {ft3}
+"""
+RECIPES["arcee_fusion"] = """merge_method: arcee_fusion
+base_model: {base}
+models:
+  - model: {ft3}
+"""
+RECIPES["ram"] = """merge_method: ram
+base_model: {base}
+parameters:
+  epsilon: [{{filter: self_attn, value: 0.02}}, {{value: 0.012}}]
+models:
+  - model: {ft1}
+  - model: {ft2}
+  - model: {ft3}
+"""
+RECIPES["ram (defaults)"] = """merge_method: ram
+base_model: {base}
+models:
+  - model: {ft1}
+  - model: {ft2}
+"""
+RECIPES["ramplus_tl"] = """merge_method: ramplus_tl
+base_model: {base}
+parameters: {{r: 0.5, alpha: 0.8, epsilon: [0.01, 0.02]}}
+models:
+  - model: {ft1}
+  - model: {ft2}
+  - model: {ft3}
+"""
+RECIPES["ramplus_tl (defaults)"] = """merge_method: ramplus_tl
+base_model: {base}
+models:
+  - model: {ft1}
+  - model: {ft2}
+  - model: {ft3}
+"""
 # slices: a frankenmerge (6 layers from two models' overlapping ranges, one scaled) and per-slice merges with a
 # gradient over the first slice and slice-level parameters in the second
 RECIPES["passthrough (slices)"] = """merge_method: passthrough
