@@ -97,3 +97,30 @@ def test_the_plan_says_what_happens_to_each_head_and_a_wrong_class_is_one_line(f
     assert transformers.AutoConfig.from_pretrained(tmp_path / "cli").architectures == ["LlamaForSequenceClassification"]
     code, out = cli("merge", family / "recipe.yaml", "--dry-run", "--carry-missing")
     assert "copy from reward" in out
+
+
+@pytest.mark.parametrize("method, params", [("linear", {}), ("ties", {"density": 0.5}),
+                                            ("ties", {"density": 0.5, "trim_scope": "global"})])
+def test_a_lacking_head_keeps_the_base_value_under_every_kind_of_method(family, tmp_path, method, params):
+    """linear averages weights (the reward model counts with the base's lm_head), ties trims task vectors (the
+    reward model's is zero there), also with selections over the whole task vector."""
+    import yaml
+
+    recipe = yaml.safe_load((family / "recipe.yaml").read_text())
+    recipe.update(merge_method=method, parameters=params)
+    if method == "linear":
+        del recipe["base_model"]
+    path = family / f"recipe-{method}-{len(params)}.yaml"  # beside the models it names
+    path.write_text(yaml.safe_dump(recipe))
+    merge_recipe(path, tmp_path / "out", MergeOptions(progress=False, on_missing="carry"))
+    merged, base, code = (read_model(p) for p in (tmp_path / "out", family / "base", family / "code"))
+    head = "lm_head.weight"
+    if method == "linear":  # without a base the missing head is copied from the model that has it
+        assert torch.equal(merged[head], code[head])
+    else:  # TIES of (τ_code, 0): τ_code trimmed to its top half, disjoint mean over the one model that has it
+        tau = code[head] - base[head]
+        kept = tau.abs() >= tau.abs().flatten().kthvalue(tau.numel() - tau.numel() // 2 + 1).values  # the top half
+        if params.get("trim_scope") != "global":
+            torch.testing.assert_close(merged[head], base[head] + tau * kept, rtol=0, atol=1e-6)
+        else:
+            assert not torch.equal(merged[head], base[head])

@@ -48,13 +48,9 @@ class ModelInput(Input):
         self.label = label or checkpoint.label
 
     def weights(self, name, base, dtype, device, rows=None):
-        if name not in self.checkpoint and base is not None:  # carried (--carry-missing): the base's value
-            return base.to(device=device, dtype=dtype, copy=True)
         return self.checkpoint.read(name, rows).to(device=device, dtype=dtype)
 
     def delta(self, name, base, dtype, device, rows=None):
-        if name not in self.checkpoint:  # carried (--carry-missing): no change from the base
-            return torch.zeros(base.shape, dtype=dtype, device=device)
         return self.weights(name, base, dtype, device, rows).sub_(base)
 
 

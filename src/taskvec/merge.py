@@ -268,7 +268,7 @@ def _prepare(base: Checkpoint | None, inputs: list[Input], method: MergeMethod, 
         method.base != "weighted" or fingerprint is not None or not all(type(i) is ModelInput for i in inputs)
     )
     if plan.global_scope:
-        plan = with_global_selections(plan, lambda t, rows: _deltas(base, inputs, t.name, rows, device), workers)
+        plan = with_global_selections(plan, lambda t, rows: _deltas(base, inputs, t, rows, device), workers)
     reference = ReferenceMerger(method, base, inputs, device, options.compute_dtype, needs_base, fingerprint)
     fast = None
     if any(t.fused for t in plan.tensors):
@@ -365,10 +365,11 @@ def _slices(recipe: Recipe | str | Path) -> tuple | None:
     return recipe, search, open_checkpoint, validate_recipe(recipe)
 
 
-def _deltas(base: Checkpoint, inputs: list[Input], name: str, rows, device) -> list[torch.Tensor]:
-    """Every input's float32 task vector for rows [start, stop) of a tensor."""
-    b = base.read(name, rows).to(device=device, dtype=torch.float32)
-    return [inp.delta(name, b, torch.float32, device, rows) for inp in inputs]
+def _deltas(base: Checkpoint, inputs: list[Input], t: TensorPlan, rows, device) -> list[torch.Tensor]:
+    """Every input's float32 task vector for rows [start, stop) of a tensor (zero for an input that lacks it)."""
+    b = base.read(t.name, rows).to(device=device, dtype=torch.float32)
+    return [torch.zeros_like(b) if k in t.lacking else inp.delta(t.name, b, torch.float32, device, rows)
+            for k, inp in enumerate(inputs)]
 
 
 def _device(name: str) -> torch.device:

@@ -42,17 +42,29 @@ class ReferenceMerger:
         held = 3 if self.method.streaming else 2 * len(self.inputs) + 4
         return plan.write_bytes + held * block * self.cd.itemsize + block * plan.source_dtype.itemsize
 
-    def _deltas(self, name: str, rows, which) -> list[torch.Tensor]:
+    def _deltas(self, plan: TensorPlan, rows, which) -> list[torch.Tensor]:
         """Task vectors of the models `which`, rows [start, stop) (for the counting passes)."""
-        b = self.base.read(name, rows).to(device=self.device, dtype=self.cd)
-        return [self.inputs[i].delta(name, b, self.cd, self.device, rows) for i in which]
+        b = self.base.read(plan.name, rows).to(device=self.device, dtype=self.cd)
+        return [self._delta(plan, i, b, rows) for i in which]
+
+    def _delta(self, plan: TensorPlan, i: int, b: torch.Tensor, rows) -> torch.Tensor:
+        """Input i's task vector; zero where it lacks the tensor (--carry-missing: it keeps the base's value)."""
+        if i in plan.lacking:
+            return torch.zeros(b.shape, dtype=self.cd, device=self.device)
+        return self.inputs[i].delta(plan.name, b, self.cd, self.device, rows)
+
+    def _weights(self, plan: TensorPlan, i: int, b: torch.Tensor | None, rows) -> torch.Tensor:
+        if i in plan.lacking:  # the base's value; a method that ignores the base (linear) did not read it
+            raw = b if b is not None else self.base.read(plan.name, rows).to(device=self.device, dtype=self.cd)
+            return raw.clone()
+        return self.inputs[i].weights(plan.name, b, self.cd, self.device, rows)
 
     def merge(self, plan: TensorPlan) -> torch.Tensor:
         name, method = plan.name, self.method
         blocks = row_blocks(plan.shape, method.granularity)
         models = plan.models
         if method.selection is not None:
-            models = with_statistics(method, plan, blocks, lambda rows, which: self._deltas(name, rows, which))
+            models = with_statistics(method, plan, blocks, lambda rows, which: self._deltas(plan, rows, which))
         digest = self.fingerprint.begin(name, plan.source_dtype, plan.shape) \
             if self.fingerprint is not None and self.needs_base else None
         out = None if blocks == [None] else torch.empty(plan.shape, dtype=plan.out_dtype)
@@ -64,9 +76,9 @@ class ReferenceMerger:
             start = block_start(plan.shape, rows)
             args = [m.at(start) for m in models]
             if method.inputs == "deltas":
-                xs = (inp.delta(name, b, self.cd, self.device, rows) for inp in self.inputs)
+                xs = (self._delta(plan, i, b, rows) for i in range(len(self.inputs)))
             else:
-                xs = (inp.weights(name, b, self.cd, self.device, rows) for inp in self.inputs)
+                xs = (self._weights(plan, i, b, rows) for i in range(len(self.inputs)))
             merged = method.fn(b, xs if method.streaming else list(xs), args, plan.params)
             if method.inputs == "deltas" and self.add_base:
                 merged = merged.add_(b)
