@@ -145,3 +145,10 @@ def test_dry_run_and_cli(models, cli):
     cli("merge", path, "--out", models / "cli", "-q")
     assert torch.equal(read_model(models / "cli")["model.layers.5.mlp.up_proj.weight"],
                        read_model(models / "ft2")["model.layers.3.mlp.up_proj.weight"])
+
+
+def test_tune_refuses_a_slices_recipe_with_one_line(models, tmp_path):
+    from taskvec.merge import merge_to_memory
+
+    with pytest.raises(TaskvecError, match="a slices recipe is merged by taskvec merge"):
+        merge_to_memory(write(models / "franken.yaml", FRANKEN % 1.0))

@@ -113,6 +113,9 @@ def _opened(recipe: Recipe | str | Path, opener=None) -> Iterator[_Run]:
         search = (Path(recipe).resolve().parent,)
         recipe = load_recipe(recipe)
     method = validate_recipe(recipe)
+    if recipe.slices is not None:
+        raise TaskvecError("a slices recipe is merged by taskvec merge (merge_recipe); tune, apply and in-memory "
+                           "merges take recipes with 'models'")
     base = None
     inputs: list[Input] = []
     vocab = None
