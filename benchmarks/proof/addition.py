@@ -48,6 +48,12 @@ def data_free(k: int) -> dict[str, tuple[str, dict]]:
         "task_arithmetic λ = 1": ("task_arithmetic", {"lambda": 1.0}),
         "ties (density 0.2, λ = 1)": ("ties", {"density": 0.2, "lambda": 1.0}),
         "dare_ties (density 0.3, λ = 1, seed = training seed)": ("dare_ties", {"density": 0.3, "lambda": 1.0}),
+        # the subspace methods and consensus merging at their papers' data-free settings (TSV-M's λ = 1; Iso's
+        # papers tune λ, so λ = 1 is the untuned value; consensus: the paper's k = 2, mask λ mid-range)
+        "tsv (TSV-M, λ = 1)": ("tsv", {"lambda": 1.0}),
+        "iso_c (λ = 1)": ("iso_c", {"lambda": 1.0}),
+        "iso_cts (common 0.8, λ = 1)": ("iso_cts", {"common_space_fraction": 0.8, "lambda": 1.0}),
+        "consensus (k = 2, mask λ = 0.4, λ = 1)": ("consensus", {"k": 2, "mask_lambda": 0.4, "lambda": 1.0}),
     }
 
 
