@@ -10,7 +10,9 @@ on first use with `pip install torch==2.13.0` then `mergekit==0.1.5`) and run as
 imports it. Not part of CI. Run: python benchmarks/mergekit_parity.py [--mergekit-venv DIR]
 Random methods (dare_*, della*) are left out: mergekit draws from torch's global generator, taskvec from seeded
 per-tensor generators, so their masks differ by design (and taskvec rescales DARE survivors by 1/density, as the
-paper does, where mergekit matches the L1 norm).
+paper does, where mergekit matches the L1 norm). arcee_fusion is compared: mergekit draws a random sample only to
+estimate the quantiles of tensors above 1,000,000 entries (taskvec computes them exactly), and the family's largest
+tensor has 32,768.
 """
 
 import argparse
