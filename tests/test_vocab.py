@@ -234,3 +234,17 @@ def test_inspect_compares_rows_by_token_and_reports_the_overlap(minilm, cli):
     assert line.startswith("tokenizer_source base: 30,522 rows") and "extended 30,522/30,525" in line
     code, out = cli("inspect", minilm / "extended", minilm / "plain", "--base", minilm / "base")
     assert "vocabularies differ" in out.replace("\n", " ")
+
+
+def test_a_weights_file_base_with_a_tokenizer_source_of_the_same_size_still_merges(minilm, tmp_path):
+    """No vocabulary can be read from a loose weights file; with embeddings of one size nothing needs aligning, and
+    tokenizer_source just names where the tokenizer files come from, as before."""
+    import shutil
+
+    shutil.copy(minilm / "base" / "model.safetensors", tmp_path / "base.safetensors")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"merge_method: task_arithmetic\nbase_model: {tmp_path / 'base.safetensors'}\nmodels:\n"
+                      f"  - {{model: {minilm / 'plain'}, parameters: {{weight: 1.0}}}}\n"
+                      f"tokenizer_source: {minilm / 'plain'}\n")
+    result = merge_recipe(recipe, tmp_path / "out")
+    assert result.vocabulary is None and (tmp_path / "out" / "tokenizer.json").is_file()

@@ -258,9 +258,14 @@ def align_vocabularies(source: str, base: Checkpoint | None, inputs: list, searc
     from .inputs import ModelInput
 
     models = ([base] if base is not None else []) + [inp.checkpoint for inp in inputs]
-    vocabularies = [(c, read_vocabulary(c)) for c in models]
     if source == "base" and base is None:
         raise TaskvecError("tokenizer_source base: the recipe has no base_model; name a model or use union")
+    try:
+        vocabularies = [(c, read_vocabulary(c)) for c in models]
+    except TaskvecError:
+        if len({_rows_or_none(c) for c in models}) == 1:
+            return None  # a model without a tokenizer, embeddings of one size: nothing to align (as before)
+        raise
     if all(v.rows == vocabularies[0][1].rows for _, v in vocabularies):
         return None
     for inp in inputs:
@@ -284,6 +289,13 @@ def align_vocabularies(source: str, base: Checkpoint | None, inputs: list, searc
             checkpoint.close()
     tensors = _vocabulary_tensors(models, vocabularies)
     return VocabAlignment(source, out, vocabularies, tensors, tokenizer_folder, temporary)
+
+
+def _rows_or_none(checkpoint: Checkpoint) -> int | None:
+    try:
+        return embedding_rows(checkpoint)
+    except TaskvecError:
+        return None
 
 
 def _vocabulary_tensors(models: list[Checkpoint], vocabularies: list[tuple[Checkpoint, Vocabulary]]) -> set[str]:
