@@ -26,7 +26,9 @@ def test_proof_suite_smoke(tmp_path):
         seed = rr["seeds"]["0"]
         assert list(seed["reference"]) == NAMES
         rows = seed["rows"]
-        assert len(rows) == 3 + 5  # fine-tuned, probe, lambda = 0 and the five data-free merges
+        # fine-tuned, probe, lambda = 0 and the nine data-free merges (task arithmetic x3, ties, dare_ties, the
+        # subspace methods and consensus)
+        assert list(addition["settings"]["data_free"]) == list(rows)[3:] and len(rows) == 3 + 9
         for r in rows.values():
             assert set(r["test"]) == set(NAMES) and all(0 <= a <= 1 for a in r["test"].values())
             assert set(r["normalized"]) == set(NAMES) | {"mean"} and "pooled" in r["gain_kept"]
