@@ -19,7 +19,7 @@ from __future__ import annotations
 from ..errors import TaskvecError
 from ..lazy import torch
 from . import LAMBDA, MergeMethod, Param, Range, register
-from .spectral import UNIT_WEIGHT, weighted
+from .spectral import UNIT_WEIGHT, total, weighted
 
 MASK_LAMBDA = Param("mask_lambda", float, 0.4, "a task cares about an entry where |tau_t| > mask_lambda * "
                     "|tau_MTL - tau_t| (per model)", range=Range(0.0, None))
@@ -32,13 +32,11 @@ def consensus(base, deltas, models, params):
     if params["k"] > len(deltas):
         raise TaskvecError(f"consensus: k = {params['k']} tasks must agree, but only {len(deltas)} model(s) are "
                            "merged; lower k or merge more models")
-    total = deltas[0].clone()
-    for d in deltas[1:]:
-        total.add_(d)
-    votes = torch.zeros(total.shape, dtype=torch.int32, device=total.device)
+    summed = total(deltas)
+    votes = torch.zeros(summed.shape, dtype=torch.int32, device=summed.device)
     for d, m in zip(deltas, models):
-        votes += d.abs() > (total - d).abs_().mul_(m["mask_lambda"])
-    return total.mul_(votes >= params["k"]).mul_(params["lambda"])
+        votes += d.abs() > (summed - d).abs_().mul_(m["mask_lambda"])
+    return summed.mul_(votes >= params["k"]).mul_(params["lambda"])
 
 
 register(

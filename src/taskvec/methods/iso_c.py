@@ -11,20 +11,18 @@ is over the singular values kept -- the same as the paper's for the full-rank up
 from __future__ import annotations
 
 from . import LAMBDA, MergeMethod, register
-from .spectral import UNIT_WEIGHT, is_matrix, mean, svd, weighted
+from .spectral import UNIT_WEIGHT, is_matrix, mean, svd, total, weighted
 
 
 def iso_c(base, deltas, models, params):
     deltas = weighted(list(deltas), models)
     if not is_matrix(deltas[0]):
         return mean(deltas).mul_(params["lambda"])
-    total = deltas[0].clone()
-    for d in deltas[1:]:
-        total.add_(d)
-    u, s, vh = svd(total)
+    summed = total(deltas)
+    u, s, vh = svd(summed)
     if s.numel() == 0:
-        return total.zero_()
-    return ((u * s.mean()) @ vh).mul_(params["lambda"]).to(total.dtype)
+        return summed.zero_()
+    return ((u * s.mean()) @ vh).mul_(params["lambda"]).to(summed.dtype)
 
 
 register(

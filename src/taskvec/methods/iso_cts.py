@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ..lazy import torch
 from . import LAMBDA, MergeMethod, Param, Range, register
-from .spectral import UNIT_WEIGHT, is_matrix, mean, polar, svd, weighted
+from .spectral import UNIT_WEIGHT, is_matrix, mean, polar, svd, total, weighted
 
 COMMON = Param("common_space_fraction", float, 0.8, "share of the rank given to the common subspace (the paper's "
                "default 0.8)", range=Range(0.0, 1.0))
@@ -30,11 +30,9 @@ def iso_cts(base, deltas, models, params):
     deltas = weighted(list(deltas), models)
     if not is_matrix(deltas[0]):
         return mean(deltas).mul_(params["lambda"])
-    total = deltas[0].clone()
-    for d in deltas[1:]:
-        total.add_(d)
-    common, per_task = common_size(min(total.shape), len(deltas), params["common_space_fraction"])
-    u, s, vh = svd(total)
+    summed = total(deltas)
+    common, per_task = common_size(min(summed.shape), len(deltas), params["common_space_fraction"])
+    u, s, vh = svd(summed)
     u, s, vh = u[:, :common], s[:common], vh[:common]
     us, ss, vhs = [u], [s], [vh]
     for d in deltas:
@@ -43,9 +41,9 @@ def iso_cts(base, deltas, models, params):
         us.append(u_t[:, :per_task]), ss.append(s_t[:per_task]), vhs.append(vh_t[:per_task])
     s = torch.cat(ss)
     if s.numel() == 0:
-        return total.zero_()
+        return summed.zero_()
     merged = (polar(torch.cat(us, dim=1)) * s.mean()) @ polar(torch.cat(vhs, dim=0))
-    return merged.mul_(params["lambda"]).to(total.dtype)
+    return merged.mul_(params["lambda"]).to(summed.dtype)
 
 
 register(

@@ -26,11 +26,16 @@ def is_matrix(t: torch.Tensor) -> bool:
     return t.dim() == 2 and min(t.shape) > 1
 
 
-def mean(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+def total(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The sum, in a fresh tensor (the inputs are left as they are)."""
     out = tensors[0].clone()
     for t in tensors[1:]:
         out.add_(t)
-    return out.div_(len(tensors))
+    return out
+
+
+def mean(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    return total(tensors).div_(len(tensors))
 
 
 def svd(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
