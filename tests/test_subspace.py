@@ -53,6 +53,32 @@ def test_one_task_tsv_returns_its_truncated_task_vector():
     torch.testing.assert_close(merge("tsv", [t], fraction=0.5), truncated.float(), rtol=0, atol=1e-5)
 
 
+def test_two_copies_of_one_task_vector_merge_to_it():
+    """TSV of [τ, τ] at fraction 1: the concatenated directions [U U] have rank r, not 2r. The polar factor is taken
+    on that range only (the partial isometry [U U]/√2), so the merge is τ itself, not τ plus arbitrary directions."""
+    t = torch.randn(7, 5, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(merge("tsv", [t, t], fraction=1.0), t, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(9, 4), (4, 9), (30, 30)])
+def test_svd_and_polar_from_the_gram_matrix_equal_numpy(shape):
+    """spectral.svd/polar use the Gram matrix's eigh (half the cost of an SVD on a CPU); they equal numpy's SVD, and
+    a rank-2 matrix keeps exactly 2 directions."""
+    from taskvec.methods.spectral import polar, svd
+
+    g = torch.Generator().manual_seed(4)
+    m = torch.randn(shape, generator=g, dtype=torch.float64)
+    u, s, vh = svd(m)
+    want_u, want_s, want_vh = np.linalg.svd(m.numpy(), full_matrices=False)
+    np.testing.assert_allclose(s.numpy(), want_s, rtol=1e-10)
+    np.testing.assert_allclose((u * s).numpy() @ vh.numpy(), m.numpy(), atol=1e-10)
+    np.testing.assert_allclose(np.abs(u.T.numpy() @ want_u), np.eye(min(shape)), atol=1e-8)  # same directions
+    np.testing.assert_allclose(polar(m).numpy(), want_u @ want_vh, atol=1e-9)
+    low = torch.randn(shape[0], 2, generator=g, dtype=torch.float64) @ torch.randn(2, shape[1], generator=g,
+                                                                                  dtype=torch.float64)
+    assert svd(low)[1].numel() == 2
+
+
 def test_vectors_are_averaged():
     a, b = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([3.0, 0.0, -1.0])
     for name in ("tsv", "iso_c", "iso_cts"):
