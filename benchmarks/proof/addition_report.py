@@ -227,13 +227,13 @@ def print_tables(results: dict, log=print) -> None:
 
 def search_spaces() -> str:
     """The TPE rows' search spaces and tuning-split size, read from tuned.py (what the runs used)."""
-    from tuned import TUNE_EXAMPLES, search_recipe
+    from tuned import TPE_TRIALS, TUNE_EXAMPLES, search_recipe
 
     parts = []
-    for method in ("task_arithmetic", "ties", "dare_ties"):
+    for method in TPE_TRIALS:
         r = search_recipe(method, "base", ["model"])
         space = {**{"weight per model": r["models"][0]["parameters"]["weight"]}, **r.get("parameters", {})}
-        parts.append(f"{method} " + json.dumps(space, ensure_ascii=False))
+        parts.append(f"{method} ({TPE_TRIALS[method]} trials) " + json.dumps(space, ensure_ascii=False))
     return f"TPE tunes on {TUNE_EXAMPLES} stratified validation texts per task; search spaces: " + "; ".join(parts)
 
 

@@ -3,12 +3,13 @@
 addition.py writes per regime and seed (tasks.yaml + data/ + the fine-tunes it points to).
 
 Each run is cached by content -- the tasks file and the bytes of its data and heads, the recipe, the settings and the
-source of taskvec.tune and of this file -- never by path; a changed setting runs again. Returns {row name: merged
+source of taskvec.tune and of the merge method's modules -- never by path; a changed setting runs again. Returns {row name: merged
 model folder}, which addition.score_models scores on the test splits like every other row.
 """
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -20,13 +21,22 @@ import yaml
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 
-TPE_TRIALS = {"task_arithmetic": 30, "ties": 20, "dare_ties": 20}
+TPE_TRIALS = {"task_arithmetic": 30, "ties": 20, "dare_ties": 20, "tsv": 12, "iso_c": 12, "iso_cts": 12,
+              "consensus": 16}
+LAMBDA_RANGE = {"tsv": [0.3, 2.0], "iso_c": [0.3, 3.0], "iso_cts": [0.3, 3.0], "consensus": [0.3, 2.0]}
 ADA_STEPS, ADA_LR = 100, 5e-3  # the paper: 500 steps at 1e-3; a fifth of the steps at 5x the rate (time on 2 cores)
 
 
 def search_recipe(method: str, base: str, models: list[str]) -> dict:
     """The searched recipe of each tuned row: task_arithmetic searches one weight per model; ties and dare_ties a
-    shared density (choices) and lambda, with every weight 1."""
+    shared density (choices) and lambda, with every weight 1; the subspace methods lambda alone, as their papers
+    tune it (their other settings stay at the papers' defaults); consensus lambda and the agreement count k."""
+    if method in LAMBDA_RANGE:
+        parameters = {"lambda": {"search": LAMBDA_RANGE[method]}}
+        if method == "consensus":
+            parameters["k"] = {"choices": [2, 3]}
+        return {"merge_method": method, "base_model": base,
+                "models": [{"model": m, "parameters": {"weight": 1.0}} for m in models], "parameters": parameters}
     if method == "task_arithmetic":
         entries = [{"model": m, "parameters": {"weight": {"search": [0.0, 1.5]}}} for m in models]
         return {"merge_method": method, "base_model": base, "models": entries, "parameters": {"lambda": 1.0}}
@@ -40,6 +50,10 @@ ROWS = {  # row name -> how it is made
     "task_arithmetic tuned (TPE, weight per model)": ("tpe", "task_arithmetic"),
     "ties tuned (TPE, density + λ)": ("tpe", "ties"),
     "dare_ties tuned (TPE, density + λ)": ("tpe", "dare_ties"),
+    "tsv tuned (TPE, λ)": ("tpe", "tsv"),
+    "iso_c tuned (TPE, λ)": ("tpe", "iso_c"),
+    "iso_cts tuned (TPE, λ)": ("tpe", "iso_cts"),
+    "consensus tuned (TPE, λ + k)": ("tpe", "consensus"),
     "AdaMerging task-wise": ("ada", ["task"]),
     "AdaMerging layer-wise": ("ada", ["layer"]),
     "AdaMerging++ layer-wise": ("ada", ["layer", "--plus"]),
@@ -87,9 +101,18 @@ def tuning_subset(tasks_file: Path, size: int = TUNE_EXAMPLES) -> Path:
     return path
 
 
-def _code_version() -> str:
+def _code_version(method: str) -> str:
+    """The code a row's result depends on beyond its recipe and settings (which are in the key themselves): the tuner
+    and the merge method's module with the sibling modules it imports. Not this file: adding a row here must not
+    recompute the others (each takes minutes to an hour)."""
+    methods = ROOT / "src" / "taskvec" / "methods"
+    sources = set()
+    for module in methods.glob("*.py"):  # the module that registers the name ("dare_ties" lives in dare.py)
+        if f'"{method}"' in module.read_text():
+            sources |= {module} | {methods / f"{m}.py" for m in re.findall(r"^from \.(\w+) import",
+                                                                            module.read_text(), re.M)}
     digest = hashlib.sha256()
-    for path in sorted((ROOT / "src" / "taskvec" / "tune").glob("*.py")) + [Path(__file__)]:
+    for path in sorted((ROOT / "src" / "taskvec" / "tune").glob("*.py")) + sorted(sources):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -116,7 +139,7 @@ def _content_key(tasks_file: Path, recipe: dict, settings: dict) -> str:
         for field in ("data", "head"):
             if task.get(field):
                 digest.update((tasks_file.parent / task[field]).read_bytes())
-    digest.update(json.dumps({"recipe": recipe, "settings": settings, "code": _code_version()},
+    digest.update(json.dumps({"recipe": recipe, "settings": settings, "code": _code_version(recipe["merge_method"])},
                              sort_keys=True, default=str).encode())
     return digest.hexdigest()[:20]
 
