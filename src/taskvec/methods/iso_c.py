@@ -11,7 +11,7 @@ is over the singular values kept -- the same as the paper's for the full-rank up
 from __future__ import annotations
 
 from . import LAMBDA, MergeMethod, register
-from .spectral import UNIT_WEIGHT, flattened, is_matrix, mean, total, weighted
+from .spectral import UNIT_WEIGHT, is_matrix, isotropic, mean, total, weighted
 
 
 def iso_c(base, deltas, models, params):
@@ -19,10 +19,7 @@ def iso_c(base, deltas, models, params):
     if not is_matrix(deltas[0]):
         return mean(deltas).mul_(params["lambda"])
     summed = total(deltas)
-    directions, s = flattened(summed)
-    if s.numel() == 0:
-        return summed.zero_()
-    return directions.mul_(s.mean() * params["lambda"]).to(summed.dtype)
+    return isotropic(summed, params["lambda"], summed.dtype)
 
 
 register(

@@ -32,13 +32,12 @@ def iso_cts(base, deltas, models, params):
         return mean(deltas).mul_(params["lambda"])
     summed = total(deltas)
     common, per_task = common_size(min(summed.shape), len(deltas), params["common_space_fraction"])
-    u, s, vh = svd(summed)
-    u, s, vh = u[:, :common], s[:common], vh[:common]
+    u, s, vh = svd(summed, top=common)
     us, ss, vhs = [u], [s], [vh]
     for d in deltas:
         d = d.double()
-        u_t, s_t, vh_t = svd(d - u @ (u.T @ d))
-        us.append(u_t[:, :per_task]), ss.append(s_t[:per_task]), vhs.append(vh_t[:per_task])
+        u_t, s_t, vh_t = svd(d - u @ (u.T @ d), top=per_task)
+        us.append(u_t), ss.append(s_t), vhs.append(vh_t)
     s = torch.cat(ss)
     if s.numel() == 0:
         return summed.zero_()

@@ -38,9 +38,11 @@ def mean(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return total(tensors).div_(len(tensors))
 
 
+ROWS_PER_BLOCK = 4096  # float64 work is done this many rows at a time: memory stays near the float32 inputs
+
+
 def _tall(m: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """m in float64 with its longer side first (so the Gram matrix is the small one), and whether it already was."""
-    m = m.double()
+    """m with its longer side first (so the Gram matrix is the small one; a view, no copy), and whether it was."""
     tall = m.shape[0] >= m.shape[1]
     return (m if tall else m.T), tall
 
@@ -49,14 +51,31 @@ def _rank_floor(a: torch.Tensor) -> float:
     return max(a.shape) * torch.finfo(torch.float32).eps
 
 
+def _gram(a: torch.Tensor) -> torch.Tensor:
+    """aᵀa in float64, accumulated over blocks of rows (no float64 copy of a)."""
+    g = torch.zeros(a.shape[1], a.shape[1], dtype=torch.float64, device=a.device)
+    for i in range(0, a.shape[0], ROWS_PER_BLOCK):
+        block = a[i:i + ROWS_PER_BLOCK].double()
+        g.addmm_(block.T, block)
+    return g
+
+
+def _times(a: torch.Tensor, w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """a·w computed in float64 a block of rows at a time, stored in `dtype`."""
+    out = torch.empty(a.shape[0], w.shape[1], dtype=dtype, device=a.device)
+    for i in range(0, a.shape[0], ROWS_PER_BLOCK):
+        out[i:i + ROWS_PER_BLOCK] = a[i:i + ROWS_PER_BLOCK].double() @ w
+    return out
+
+
 def _spectrum(a: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """V and S of a tall float64 matrix a = U·diag(S)·Vᵀ from the eigendecomposition of its Gram matrix aᵀa, largest
+    """V and S of a tall matrix a = U·diag(S)·Vᵀ from the float64 eigendecomposition of its Gram matrix aᵀa, largest
     first, without the directions at or below floor · S_max.
 
     Why the Gram matrix: on a CPU, aᵀa plus its eigh costs about half of an SVD of a (5632×2048: 2.8 s against 7.5 s
     on 2 cores). Squaring loses nothing that matters in float64: an eigenvalue is off by about eps(float64)·S_max²,
     so each kept singular value is exact to ~1e-9 relative, far below the float32 of the output."""
-    w, v = torch.linalg.eigh(a.T @ a)
+    w, v = torch.linalg.eigh(_gram(a))
     s = w.flip(0).clamp_min(0).sqrt()
     if s.numel() == 0 or s[0] == 0:
         return v[:, :0], s[:0]
@@ -64,35 +83,36 @@ def _spectrum(a: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Tensor
     return v.flip(1)[:, :keep], s[:keep]
 
 
-def svd(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """U, S, Vh of a matrix in float64, largest first, without the directions whose singular value is numerically
-    zero (at or below max(m.shape) · eps(float32) · S_max): a rank-deficient matrix has no direction there, and an
-    SVD routine fills it with arbitrary vectors."""
+def svd(m: torch.Tensor, top: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """U, S, Vh of a matrix in float64, largest first (the `top` largest only, when given), without the directions
+    whose singular value is numerically zero (at or below max(m.shape) · eps(float32) · S_max): a rank-deficient
+    matrix has no direction there, and an SVD routine fills it with arbitrary vectors."""
     a, tall = _tall(m)
     v, s = _spectrum(a, _rank_floor(a))
-    u = (a @ v).div_(s)
+    v, s = v[:, :top], s[:top]
+    u = _times(a, v / s, torch.float64)
     return (u, s, v.T) if tall else (v, s, u.T)
 
 
-def flattened(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """U·Vᵀ (float64) and S of a matrix, over the directions `svd` keeps: its singular directions with a flat unit
-    spectrum, from one matrix product instead of two."""
-    return _isometry(m, _rank_floor)
+def isotropic(m: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """scale · mean(S) · U·Vᵀ in `dtype`, over the directions `svd` keeps: the matrix's singular directions with a
+    flat spectrum at its mean singular value (Iso-C), written block by block into the output."""
+    a, tall = _tall(m)
+    v, s = _spectrum(a, _rank_floor(a))
+    if s.numel() == 0:
+        return torch.zeros(m.shape, dtype=dtype, device=m.device)
+    p = _times(a, (v * (scale * s.mean() / s)) @ v.T, dtype)
+    return p if tall else p.T
 
 
 def polar(m: torch.Tensor) -> torch.Tensor:
-    """The closest partial isometry to `m` in the Frobenius norm: P·Qᵀ from m = P·S·Qᵀ (the orthogonal Procrustes
-    solution; orthonormal columns, or rows for a wide matrix, where `m` has full rank). Directions that m lacks (two
-    tasks sharing a singular vector) are left out, where an SVD would fill them with arbitrary vectors. Nearly
-    dependent directions are kept down to 10·sqrt(max(m.shape) · eps(float64)) · S_max (~3e-6 for a 384-wide
-    matrix, the smallest the Gram matrix still resolves to 1%): they are a real part of the polar factor (MiniLM's
-    Iso-CTS has one at 2e-5)."""
-    return _isometry(m, lambda a: 10 * (max(a.shape) * torch.finfo(torch.float64).eps) ** 0.5)[0]
-
-
-def _isometry(m: torch.Tensor, floor) -> tuple[torch.Tensor, torch.Tensor]:
-    """m·(mᵀm)^(-1/2) on the directions above floor(m) · S_max, and their S."""
+    """The closest partial isometry to `m` in the Frobenius norm (float64): P·Qᵀ from m = P·S·Qᵀ (the orthogonal
+    Procrustes solution; orthonormal columns, or rows for a wide matrix, where `m` has full rank). Directions that m
+    lacks (two tasks sharing a singular vector) are left out, where an SVD would fill them with arbitrary vectors.
+    Nearly dependent directions are kept down to 10·sqrt(max(m.shape) · eps(float64)) · S_max (~3e-6 for a
+    384-wide matrix, the smallest the Gram matrix still resolves to 1%): they are a real part of the polar factor
+    (MiniLM's Iso-CTS has one at 2e-5)."""
     a, tall = _tall(m)
-    v, s = _spectrum(a, floor(a))
-    p = a @ ((v / s) @ v.T)
-    return (p if tall else p.T), s
+    v, s = _spectrum(a, 10 * (max(a.shape) * torch.finfo(torch.float64).eps) ** 0.5)
+    p = _times(a, (v / s) @ v.T, torch.float64)
+    return p if tall else p.T

@@ -29,8 +29,8 @@ def tsv(base, deltas, models, params):
     k = max(1, int(rank * (params["fraction"] or 1.0 / len(deltas))))
     us, ss, vhs = [], [], []
     for d in deltas:
-        u, s, vh = svd(d)
-        us.append(u[:, :k]), ss.append(s[:k]), vhs.append(vh[:k])
+        u, s, vh = svd(d, top=k)
+        us.append(u), ss.append(s), vhs.append(vh)
     s = torch.cat(ss)
     if s.numel() == 0:  # every task vector is zero here
         return torch.zeros_like(deltas[0])
