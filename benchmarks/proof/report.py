@@ -6,23 +6,33 @@ from pathlib import Path
 INTRO = """# Proof: merging on a real model and real data
 
 Produced by `python benchmarks/proof/run.py` (results in `results/*.json`; this file is rewritten by the script).
-Models: all-MiniLM-L6-v2 (BERT, 22.7M parameters) for addition and analogy; SmolLM2-135M-Instruct (LLaMA) for
-negation. All merges go through taskvec's public API. Seeds are fixed: a re-run reproduces these numbers.
+Models: all-MiniLM-L6-v2 (BERT, 22.7M parameters) for addition and interference; SmolLM2-135M-Instruct (LLaMA) for
+the chat vector, negation and analogy. All merges go through taskvec's public API. Seeds are fixed: a re-run
+reproduces these numbers.
 """
 
-REPORTERS = {"addition": "addition_report"}  # part -> the module whose markdown() writes its section (default: part)
+LM_PARTS = ("chat_vector", "negation", "analogy")  # SmolLM2; negation negates chat_vector's new-language vector
+PARTS = ("addition", "interference") + LM_PARTS  # interference reads addition's results
+
+
+def reporter(part: str):
+    """The function that writes a part's section: markdown(result, out_dir) of its module, or lm_report's."""
+    if part in LM_PARTS:
+        import lm_report
+
+        return getattr(lm_report, part)
+    return __import__({"addition": "addition_report"}.get(part, part)).markdown
 
 
 def write(results_dir: Path, path: Path) -> None:
     sections = [INTRO]
-    for part in ("addition", "interference", "negation", "analogy"):
+    for part in PARTS:
         f = results_dir / f"{part}.json"
         if not f.is_file():
-            sections.append(f"## {part.capitalize()}\n\nNot run yet (`--parts {part}`).\n")
+            sections.append(f"## {part.replace('_', ' ').capitalize()}\n\nNot run yet (`--parts {part}`).\n")
             continue
         result = json.loads(f.read_text())
-        module = __import__(REPORTERS.get(part, part))
-        sections.append(module.markdown(result, path.parent))
+        sections.append(reporter(part)(result, path.parent))
         m = result.get("machine", {})
         smoke = " — SMOKE RUN: pipeline check only, numbers meaningless" if result.get("smoke") else ""
         sections.append(f"_{part}: {result.get('seconds', 0):.0f} s on {m.get('cpus')} CPUs (models and accuracies "

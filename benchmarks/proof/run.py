@@ -1,11 +1,13 @@
 """The proof suite: merging works on a real model and real data, and where it does not.
 
     python benchmarks/proof/run.py                       # everything: addition (both regimes, 3 seeds),
-                                                         # interference, negation, analogy, report
+                                                         # interference, and on SmolLM2 the chat vector,
+                                                         # negation and analogy (3 seeds each), report
     python benchmarks/proof/run.py --parts addition --seeds 0 --check-cli
+    python benchmarks/proof/run.py --parts chat_vector,negation,analogy --seeds 0,1,2
     python benchmarks/proof/run.py --smoke --out /tmp/p  # CI: a few steps on tiny subsets; checks the pipeline only
 
-Results: benchmarks/proof/results/*.json and benchmarks/proof/REPORT.md (with plots). Models, cached accuracies and
+Results: benchmarks/proof/results/*.json and benchmarks/proof/REPORT.md (with plots). Models, cached scores and
 the tasks directories for `taskvec eval` / `taskvec tune` (tasks/<regime>-seed<seed>/tasks.yaml) live under
 .cache/proof; fine-tuned models are ordinary Hugging Face folders named by a content key. Fixed seeds throughout:
 a re-run reproduces the numbers, and a changed setting, datum or line of training code recomputes what it affects.
@@ -28,7 +30,7 @@ ROOT = HERE.parents[1]
 
 import torch  # noqa: E402
 
-PARTS = ("addition", "interference", "negation", "analogy")  # interference reads addition's results
+from report import PARTS  # noqa: E402
 
 
 def machine() -> dict:
@@ -123,13 +125,33 @@ def run_part(part: str, cache: Path, seeds: list[int], smoke: bool, use_cli: boo
         import interference
 
         return interference.run(base, out / "results", out / "inspect", cache)
-    if part == "negation":
-        import negation
+    return run_lm_part(part, cache, seeds, smoke)
 
-        return negation.run(cache, smoke)
-    import analogy
 
-    return analogy.run(base, cache, training(smoke), smoke)
+def run_lm_part(part: str, cache: Path, seeds: list[int], smoke: bool) -> dict:
+    """One SmolLM2 experiment over the seeds: {"seeds": {seed: result}, "settings": ...}."""
+    import dataclasses
+
+    import chat_vector
+    import lm_train
+
+    settings = lm_train.LMTraining(steps=2, batch=2) if smoke else lm_train.LMTraining()
+    base = lm_train.tiny_smollm2(cache) if smoke else lm_train.smollm2(cache)
+    out = {}
+    for seed in seeds[:1] if smoke else seeds:
+        print(f"  -- {part}, seed {seed}", flush=True)
+        if part == "chat_vector":
+            out[seed] = chat_vector.run(base, cache, seed, settings, smoke)
+        elif part == "negation":
+            import lm_negation
+
+            new_language = chat_vector.new_language_model(base, cache, seed, settings, smoke, print)
+            out[seed] = lm_negation.run(base, cache, seed, settings, new_language, smoke)
+        else:
+            import lm_analogy
+
+            out[seed] = lm_analogy.run(base, cache, seed, settings, smoke)
+    return {"seeds": out, "training": dataclasses.asdict(settings), "base": base.name}
 
 
 if __name__ == "__main__":
