@@ -34,10 +34,14 @@ def training_categories(language: str) -> list[str]:
     return [c for c in conversations(language) if c not in HELD_OUT + VALIDATION]
 
 
+MAX_PAIR_CHARS = 400  # longer pairs (13 English code listings of `coding`) are left out: they would not fit 256 tokens
+
+
 def pairs(language: str, categories) -> list[tuple[str, str]]:
     """(prompt, response) for each consecutive pair of utterances, each pair once, in file order."""
     convs = conversations(language)
-    out = [(a, b) for c in categories for conv in convs.get(c, []) for a, b in zip(conv, conv[1:]) if a and b]
+    out = [(a, b) for c in categories for conv in convs.get(c, []) for a, b in zip(conv, conv[1:])
+           if a and b and len(a) + len(b) <= MAX_PAIR_CHARS]
     return list(dict.fromkeys(out))
 
 
