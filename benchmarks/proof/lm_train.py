@@ -36,12 +36,17 @@ def load(folder: Path):
 
 
 def encode(tok, example, max_len: int) -> tuple[list[int], int]:
-    """(token ids, leading tokens not trained on): a chat pair trains on its response, raw text on everything."""
+    """(token ids, leading tokens not trained on): a chat pair trains on its response, raw text on everything. A chat
+    pair goes through `taskvec eval`'s own encoder (a one-example language_modeling task), so training and scoring
+    see the same tokens."""
     if isinstance(example, str):
         return tok(example, add_special_tokens=False)["input_ids"][:max_len], 0
-    from taskvec.evaluate.language_modeling import chat_ids
+    from types import SimpleNamespace
 
-    ids, skip = chat_ids(tok, example[0], example[1], "training pair")
+    from taskvec.evaluate.language_modeling import encode as taskvec_encode
+
+    task = SimpleNamespace(_examples=[tuple(example)], chat=True, max_length=10 ** 9)
+    ((ids, skip),) = taskvec_encode(task, tok, "training pair")
     if len(ids) > max_len:
         raise ValueError(f"a training pair is {len(ids)} tokens, over max_len={max_len}: raise it (or shorten "
                          f"the prompt {example[0][:60]!r})")

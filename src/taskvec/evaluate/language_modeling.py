@@ -10,28 +10,24 @@ from .models import Models
 from .tasks import LanguageModelingTask
 
 
-def chat_ids(tokenizer, prompt: str, response: str, where: str) -> tuple[list[int], int]:
-    """A user prompt and the assistant's response in the tokenizer's chat template, as (token ids, number of prompt
-    tokens): the response's tokens, its end-of-turn token included, are the ones scored (and trained on)."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise TaskvecError(f"{where}: chat: true needs a tokenizer with a chat template; this one has none")
-    messages = [{"role": "user", "content": prompt}]
-    head = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
-    if not full.startswith(head):
-        raise TaskvecError(f"{where}: the chat template does not extend the prompt with the response; "
-                           f"cannot tell the response tokens apart")
-    prompt_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
-    return prompt_ids + tokenizer(full[len(head):], add_special_tokens=False)["input_ids"], len(prompt_ids)
-
-
 def encode(task: LanguageModelingTask, tokenizer, where: str) -> list[tuple[list[int], int]]:
     """Each example as (token ids, number of leading tokens not scored), truncated to max_length."""
     encoded = []
     for example in task._examples:
         if task.chat:
-            ids, skip = chat_ids(tokenizer, *example, where)
-            encoded.append((ids[:task.max_length], skip))
+            if not getattr(tokenizer, "chat_template", None):
+                raise TaskvecError(f"{where}: chat: true needs a tokenizer with a chat template; this one has none")
+            prompt, response = example
+            messages = [{"role": "user", "content": prompt}]
+            head = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}],
+                                                 tokenize=False)
+            if not full.startswith(head):
+                raise TaskvecError(f"{where}: the chat template does not extend the prompt with the response; "
+                                   f"cannot tell the response tokens apart")
+            prompt_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+            ids = prompt_ids + tokenizer(full[len(head):], add_special_tokens=False)["input_ids"]
+            encoded.append((ids[:task.max_length], len(prompt_ids)))
         else:
             ids = tokenizer(example, truncation=True, max_length=task.max_length)["input_ids"]
             encoded.append((ids, 0))
