@@ -16,7 +16,7 @@ a random vector with τ_chat's per-tensor norms at the same λ.
 Primary metric: NLL per token of the Italian test answers (end-of-turn token included). Also: English answers (what
 the addition costs), and greedy replies to Italian prompts: the share in Italian and the share that ends with the
 end-of-turn token within the budget. Transfer means the candidate beats both the new-language and the chat model on
-the Italian answers; the report gives the share of the new-language model's gap to the oracle it closes.
+the Italian answers and closes at least a quarter (`GOAL`) of the new-language model's gap to the oracle.
 """
 
 import json
@@ -33,6 +33,7 @@ from merging import merged
 
 GRID_POINTS = 7  # λ in 0, 0.25, ..., 1.5
 LAMBDA_RANGE = (0.0, 1.5)
+GOAL = 0.25  # transfer: the candidate beats the new-language and the chat model and closes ≥ this share of the gap
 REPLY_PROMPTS = 48  # Italian test prompts answered greedily by each model
 REPLY_TOKENS = 40
 
@@ -128,5 +129,7 @@ def verdict(rows: dict, lam: float) -> dict:
     oracle = rows["oracle (new language + Italian pairs)"]["it-answers"]
     control = rows[f"control: new language + {lam:g}·τ_random"]["it-answers"]
     gap = new - oracle
+    closed = (new - cand) / gap if gap > 0 else None
     return {"beats_new_language": cand < new, "beats_chat": cand < chat, "beats_random_control": cand < control,
-            "gap_closed": (new - cand) / gap if gap > 0 else None, "oracle_gap_nll": gap}
+            "gap_closed": closed, "oracle_gap_nll": gap,
+            "met": bool(cand < new and cand < chat and closed is not None and closed >= GOAL)}

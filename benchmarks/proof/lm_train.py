@@ -21,7 +21,7 @@ from encoder import code_hash, digest, library_versions, lr_factor, model_key
 
 @dataclass(frozen=True)
 class LMTraining:
-    steps: int = 150
+    steps: int = 100
     batch: int = 8
     lr: float = 1e-4
     warmup: float = 0.1

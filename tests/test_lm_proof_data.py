@@ -1,0 +1,62 @@
+"""The data splits of the SmolLM2 proofs: nothing evaluated was trained on, in either language; the English control
+lines are the Italian lines' translations; the tweet splits are balanced and disjoint; the language detector."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "proof"))
+
+import lm_data  # noqa: E402
+from lm_eval import language_of, reply_stats  # noqa: E402
+
+EVALUATED = lm_data.HELD_OUT + lm_data.VALIDATION
+
+
+@pytest.mark.parametrize("language", ["english", "italian"])
+def test_no_evaluated_category_or_line_is_trained_on(language):
+    assert not set(lm_data.training_categories(language)) & set(EVALUATED)
+    evaluated_lines = set(lm_data.lines(language, EVALUATED))
+    assert evaluated_lines and not set(lm_data.training_lines(language)) & evaluated_lines
+    trained_pairs = lm_data.pairs(language, lm_data.training_categories(language))
+    assert not {p for p, _ in trained_pairs} & {p for p, _ in lm_data.pairs(language, lm_data.HELD_OUT)}
+
+
+def test_evaluated_categories_are_translations_conversation_by_conversation():
+    english, italian = lm_data.conversations("english"), lm_data.conversations("italian")
+    for category in EVALUATED:
+        assert [len(c) for c in english[category]] == [len(c) for c in italian[category]], category
+    assert len(lm_data.pairs("italian", lm_data.HELD_OUT)) == len(lm_data.pairs("english", lm_data.HELD_OUT)) > 100
+
+
+def test_long_pairs_are_left_out():
+    every = lm_data.pairs("english", lm_data.training_categories("english"))
+    assert every and all(len(p) + len(r) <= lm_data.MAX_PAIR_CHARS for p, r in every)
+
+
+def test_tweet_splits_are_balanced_disjoint_and_keep_evaluated_tweets_out_of_the_lm_text():
+    sizes = {"airline": {"train": 30, "val": 5, "test": 10}, "apple": {"train": 6, "val": 5, "test": 9}}
+    splits = lm_data.sentiment_splits(sizes, 200)
+    for topic, per in splits.items():
+        seen = set()
+        for split, per_class in sizes[topic].items():
+            rows = per[split]
+            assert sorted(label for _, label in rows) == sorted(list(lm_data.SENTIMENTS) * per_class)
+            texts = {t for t, _ in rows}
+            assert not texts & seen
+            seen |= texts
+        evaluated = {t for s in ("val", "test") for t, _ in per[s]}
+        assert len(per["lm"]) == 200 and not set(per["lm"]) & evaluated
+    assert splits == lm_data.sentiment_splits(sizes, 200)  # fixed: the same for every training seed
+    with pytest.raises(ValueError, match="apple: 10000 negative tweets for train but only 778 left"):
+        lm_data.sentiment_splits({"airline": {"train": 1}, "apple": {"train": 10_000}}, 1)
+
+
+def test_language_of_and_reply_stats():
+    assert language_of("Non lo so, ma il computer è molto veloce.") == "italian"
+    assert language_of("I do not know what the computer is for.") == "english"
+    assert language_of("12345 !!!") == "unknown"
+    stats = reply_stats([{"text": "Sono un robot e non ho un corpo.", "ended": True},
+                         {"text": "I am a robot.", "ended": False}], "italian")
+    assert stats == {"in_language": 0.5, "ended": 0.5}
