@@ -65,3 +65,15 @@ def test_kinds():
     assert report.kind("AdaMerging layer-wise") == "tuned"
     assert report.kind("dare_ties tuned (TPE, density + λ)") == "tuned"
     assert report.kind("ties (density 0.2, λ = 1)") == "data-free"
+
+
+def test_subspace_goal_reads_data_free_rows_only():
+    """Issue 15's goal is about the subspace methods at their data-free defaults: a tuned subspace row, even a better
+    one, is not its evidence. Normalized means here: ties 0.95, tsv (0.875/0.9 + 0.95) / 2 = 0.961 (+1.1 points), tsv
+    tuned 1.0."""
+    pre = {"gains": {"a": 0.1, "b": 0.1}, "mean_gain": 0.1, "min_mean_gain": 0.02, "passed": True, "failures": []}
+    rows = {"ties (density 0.2, λ = 1)": row(0.855, 0.76), "tsv (TSV-M, λ = 1)": row(0.875, 0.76),
+            "tsv tuned (TPE, λ)": row(0.90, 0.80)}
+    res = {"regimes": {"strong": {"seeds": {"0": {"reference": REF, "preconditions": pre, "rows": rows}}}}}
+    (line,) = report.subspace_goal(res)
+    assert "**missed** — tsv (TSV-M, λ = 1), +1.1 points" in line

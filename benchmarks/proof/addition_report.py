@@ -131,7 +131,7 @@ def subspace_goal(results: dict) -> list[str]:
     TIES at its data-free default (mean over the seeds both have)."""
     lines = []
     for regime, rr in results["regimes"].items():
-        rows = [r for r in row_names(rr) if r.split(" ")[0] in SUBSPACE]
+        rows = [r for r in row_names(rr) if r.split(" ")[0] in SUBSPACE and kind(r) == "data-free"]
         ties = normalized_mean(rr, TIES_ROW)
         if not rows or ties is None:
             continue
