@@ -225,12 +225,13 @@ def print_tables(results: dict, log=print) -> None:
         log(line)
 
 
-def search_spaces() -> str:
-    """The TPE rows' search spaces and tuning-split size, read from tuned.py (what the runs used)."""
-    from tuned import TPE_TRIALS, TUNE_EXAMPLES, search_recipe
+def search_spaces(results: dict) -> str:
+    """The search spaces and tuning-split size of the TPE rows these results hold, as tuned.py writes them."""
+    from tuned import ROWS, TPE_TRIALS, TUNE_EXAMPLES, search_recipe
 
+    present = {r for rr in results["regimes"].values() for s in rr["seeds"].values() for r in s["rows"]}
     parts = []
-    for method in TPE_TRIALS:
+    for method in [what for row, (kind, what) in ROWS.items() if kind == "tpe" and row in present]:
         r = search_recipe(method, "base", ["model"])
         space = {**{"weight per model": r["models"][0]["parameters"]["weight"]}, **r.get("parameters", {})}
         parts.append(f"{method} ({TPE_TRIALS[method]} trials) " + json.dumps(space, ensure_ascii=False))
@@ -276,7 +277,7 @@ def markdown(results: dict, out_dir: Path, title: str = "## Addition: one MiniLM
         "",
         "Tuned rows, run through the command line (`taskvec tune`) on the tasks file of each regime and seed, tuning on "
         "a stratified part of the validation split (benchmarks/proof/tuned.py) and scoring their pick once on test: "
-        + (tuned_settings(results) or "none in this run") + ". " + search_spaces() + ".",
+        + (tuned_settings(results) or "none in this run") + ". " + search_spaces(results) + ".",
         "",
         "**Fine-tuning gain kept** over the probe, pooled: Σ(merged − probe) ÷ Σ(fine-tuned − probe) — 1 keeps "
         "everything fine-tuning added beyond a head on the frozen base, 0 nothing, below 0 is worse than the probe. "
