@@ -5,7 +5,7 @@ domain): a skill for a domain with no labels, from labels of another domain and 
 
 τ_sentiment(airline): SmolLM2 trained to answer a tweet's sentiment (negative / neutral / positive, as a chat reply)
 on airline tweets; τ_LM(domain): continued pre-training on unlabelled tweets of the domain. Scored on Apple tweets
-(balanced test split) by label accuracy: the label whose reply is most likely wins.
+(balanced test split, 240 tweets) by label accuracy: the label whose first token is the most likely reply wins.
 - First the gap: the airline model on Apple tweets against an oracle trained on Apple labels; it must be ≥ 5 points
   for the experiment to mean anything (reported either way).
 - Then the share of that gap the analogy closes (λ = 1, no target labels used), next to a noise control: the same
@@ -23,7 +23,7 @@ from lm_eval import LMScorer
 from lm_train import LMTraining, train
 from merging import merged
 
-SIZES = {"airline": {"train": 300, "val": 40, "test": 100}, "apple": {"train": 60, "val": 25, "test": 90}}
+SIZES = {"airline": {"train": 300, "val": 40, "test": 40}, "apple": {"train": 60, "val": 25, "test": 80}}
 LM_TEXTS = 1200
 SWEEP = (0.5, 1.0, 1.5, 2.0)
 MIN_GAP = 0.05

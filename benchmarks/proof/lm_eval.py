@@ -5,7 +5,8 @@
   reproduces it to the last digit (the tasks files are written next to the data).
 - Greedy replies, and what they show: the share in the expected language (a stop-word count, below) and the share
   that ends cleanly with the end-of-turn token within the token budget.
-- Label accuracy: a chat prompt and one response per label; the label whose response is most likely wins.
+- Label accuracy: a chat prompt, and the label whose first token is the most likely reply wins (the labels differ in
+  their first token; checked).
 
 Every number is stored under (model content, data content, settings, evaluator source): a merged model that is built
 again with the same bits is never scored twice.
@@ -108,7 +109,7 @@ class LMScorer:
 
     def label_accuracy(self, model: Path, rows: list[tuple[str, str]], labels: tuple[str, ...]) -> float:
         """Share of (prompt, label) rows whose label's response is the most likely of `labels`."""
-        key = digest(rows, labels, code_hash(_label_nll), library_versions())
+        key = digest(rows, labels, code_hash(_label_accuracy, label_tokens), library_versions())
         return self._memo(model, "labels", [key], lambda _: [_label_accuracy(model, rows, labels)])[0]
 
 
@@ -152,25 +153,36 @@ def _generate(model: Path, prompts: list[str], max_new: int) -> list[dict]:
     return out
 
 
+def label_tokens(tok, labels: tuple[str, ...]) -> list[int]:
+    """The first response token of each label; they must differ, so one forward pass over the prompt decides."""
+    from lm_train import encode
+
+    firsts = []
+    for label in labels:
+        ids, skip = encode(tok, ("?", label), MAX_LENGTH)
+        firsts.append(ids[skip])
+    if len(set(firsts)) != len(firsts):
+        raise ValueError(f"labels {labels} share a first token; score whole responses instead")
+    return firsts
+
+
 @torch.inference_mode()
-def _label_nll(lm, tok, prompts: list[str], labels: tuple[str, ...]) -> list[list[float]]:
-    """Total NLL of each label as the assistant's response to each prompt (end-of-turn token included)."""
+def _label_accuracy(model: Path, rows: list[tuple[str, str]], labels: tuple[str, ...]) -> float:
+    """The label whose first token the model finds most likely as the reply, per row (8 prompts per forward)."""
     from lm_train import batch_tensors, encode
 
-    encoded = [encode(tok, (p, label), MAX_LENGTH) for p in prompts for label in labels]
-    ids, attention, target = batch_tensors(encoded, tok.pad_token_id or 0)
-    logits = lm(input_ids=ids, attention_mask=attention).logits[:, :-1]
-    target = target[:, 1:]
-    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                            ignore_index=-100, reduction="none").view(target.shape).sum(1)
-    return nll.view(len(prompts), len(labels)).tolist()
-
-
-def _label_accuracy(model: Path, rows: list[tuple[str, str]], labels: tuple[str, ...]) -> float:
     tok, lm = _load(model)
+    firsts = torch.tensor(label_tokens(tok, labels))
     hits = 0
     for i in range(0, len(rows), 8):
         chunk = rows[i:i + 8]
-        for (_, gold), scores in zip(chunk, _label_nll(lm, tok, [p for p, _ in chunk], labels)):
-            hits += labels[min(range(len(labels)), key=scores.__getitem__)] == gold
+        prompts = []
+        for prompt, _ in chunk:
+            ids, skip = encode(tok, (prompt, labels[0]), MAX_LENGTH)
+            prompts.append((ids[:skip], 0))
+        ids, attention, _ = batch_tensors(prompts, tok.pad_token_id or 0)
+        logits = lm(input_ids=ids, attention_mask=attention).logits
+        last = torch.tensor([len(p) - 1 for p, _ in prompts])
+        picked = logits[torch.arange(len(chunk)), last][:, firsts].argmax(1)
+        hits += sum(labels[int(k)] == gold for k, (_, gold) in zip(picked, chunk))
     return hits / len(rows)

@@ -171,7 +171,7 @@ def analogy(result: dict, out_dir: Path) -> str:
     sizes = first["sizes"]
     lines = ["## Analogy: tweet sentiment on a domain without labels (SmolLM2-135M)", "",
              "τ_target ≈ τ_sentiment(airline) + (τ_LM(apple) − τ_LM(airline)), at λ = 1 (no target labels used). "
-             "Sentiment is a chat reply (negative / neutral / positive); accuracy = the label whose reply is most "
+             "Sentiment is a chat reply (negative / neutral / positive); accuracy = the label whose first token is the most "
              f"likely. Labelled tweets per class: airline {sizes['airline']}, apple {sizes['apple']}; "
              f"{first['lm_texts']} unlabelled tweets per domain for the LM vectors. Noise control: the same recipe "
              "with two airline LM vectors from different seeds.", ""]
