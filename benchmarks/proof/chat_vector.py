@@ -107,7 +107,7 @@ def run(base: Path, cache: Path, seed: int, training: LMTraining, smoke: bool, l
             "new language (base + τ_it)": score(m["new_language"]), "oracle (new language + Italian pairs)":
             score(m["oracle"])}
     for name, vector, weight in ((f"candidate: new language + {lam:g}·τ_chat", m["chat"], lam),
-                                 ("new language + 1·τ_chat (no tuning)", m["chat"], 1.0),
+                                 ("new language + τ_chat (λ = 1, no tuning)", m["chat"], 1.0),
                                  (f"control: new language + {lam:g}·τ_random", m["random"], lam)):
         with merged(yaml.safe_dump(recipe(base, m["new_language"], vector, weight)), cache / "merges") as folder:
             rows[name] = score(folder)
