@@ -112,8 +112,7 @@ def run(base: Path, cache: Path, seed: int, training: LMTraining, smoke: bool, l
         with merged(yaml.safe_dump(recipe(base, m["new_language"], vector, weight)), cache / "merges") as folder:
             rows[name] = score(folder)
     curves = {"τ_chat": [], "τ_random": []}
-    for weight in [LAMBDA_RANGE[0] + i * (LAMBDA_RANGE[1] - LAMBDA_RANGE[0]) / (GRID_POINTS - 1)
-                   for i in range(GRID_POINTS)][:2 if smoke else None]:
+    for weight in [x for x, _ in tuned["val_curve"]][:2 if smoke else None]:  # the λ that taskvec tune tried
         for label, vector in (("τ_chat", m["chat"]), ("τ_random", m["random"])):
             with merged(yaml.safe_dump(recipe(base, m["new_language"], vector, weight)), cache / "merges") as folder:
                 curves[label].append((weight, scorer.nll(folder, data)))

@@ -11,6 +11,7 @@ control of an Italian test line is its translation.
 import random
 import re
 from collections import Counter
+from functools import lru_cache
 
 from data import package_dir, tweets_by_sentiment
 
@@ -18,8 +19,10 @@ HELD_OUT = ("computers", "literature", "money", "politics", "science")  # 154 It
 VALIDATION = ("botprofile", "food", "gossip", "health", "history")  # 71 Italian pairs: λ is chosen on these
 
 
+@lru_cache(maxsize=None)
 def conversations(language: str) -> dict[str, list[list[str]]]:
-    """Each category file's conversations, utterances with their white space normalised."""
+    """Each category file's conversations, utterances with their white space normalised (read once per process;
+    callers do not modify it)."""
     import yaml
 
     folder = package_dir("chatterbot_corpus") / "data" / language

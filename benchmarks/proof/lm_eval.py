@@ -27,7 +27,7 @@ BATCH = 16
 STOPWORDS = {  # frequent words of one language and not the other ("a", "i", "come", "e" are left out: both have them)
     "italian": {"il", "lo", "la", "gli", "le", "di", "che", "è", "un", "una", "per", "non", "sono", "mi", "ti", "ci",
                 "si", "del", "della", "con", "ma", "questo", "questa", "io", "tu", "anche", "più", "ho", "hai", "cosa",
-                "molto", "perché", "sei", "mio", "mia", "tuo", "nel", "alla", "essere", "posso", "cosa", "sì"},
+                "molto", "perché", "sei", "mio", "mia", "tuo", "nel", "alla", "essere", "posso", "sì"},
     "english": {"the", "an", "is", "are", "and", "of", "to", "you", "it", "that", "what", "do", "not", "in", "my",
                 "me", "with", "for", "be", "have", "this", "your", "can", "am", "how", "why", "was", "yes", "no",
                 "like", "about", "there", "they", "we", "will"},

@@ -136,7 +136,8 @@ def random_like(base: Path, reference: Path, seed: int, cache: Path) -> Path:
             norm = (r.get_tensor(name).double() - theta.double()).norm()
             noise = torch.randn(theta.shape, generator=torch.Generator().manual_seed(seed * 100003 + i),
                                 dtype=torch.float64)
-            noise *= norm / noise.norm() if noise.norm() > 0 else 0.0
+            length = noise.norm()
+            noise *= norm / length if length > 0 else 0.0
             out[name] = (theta.double() + noise).to(theta.dtype).contiguous()
     save_file(out, tmp / "model.safetensors", metadata={"format": "pt"})
     for f in base.iterdir():

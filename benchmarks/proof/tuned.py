@@ -110,9 +110,9 @@ def _code_version(method: str) -> str:
     methods = ROOT / "src" / "taskvec" / "methods"
     sources = set()
     for module in methods.glob("*.py"):  # the module that registers the name ("dare_ties" lives in dare.py)
-        if f'"{method}"' in module.read_text():
-            sources |= {module} | {methods / f"{m}.py" for m in re.findall(r"^from \.(\w+) import",
-                                                                            module.read_text(), re.M)}
+        text = module.read_text()
+        if f'"{method}"' in text:
+            sources |= {module} | {methods / f"{m}.py" for m in re.findall(r"^from \.(\w+) import", text, re.M)}
     digest = hashlib.sha256()
     for path in sorted((ROOT / "src" / "taskvec" / "tune").glob("*.py")) + sorted(sources):
         digest.update(path.read_bytes())

@@ -97,12 +97,7 @@ def svd(m: torch.Tensor, top: int | None = None) -> tuple[torch.Tensor, torch.Te
 def isotropic(m: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
     """scale · mean(S) · U·Vᵀ in `dtype`, over the directions `svd` keeps: the matrix's singular directions with a
     flat spectrum at its mean singular value (Iso-C), written block by block into the output."""
-    a, tall = _tall(m)
-    v, s = _spectrum(a, _rank_floor(a))
-    if s.numel() == 0:
-        return torch.zeros(m.shape, dtype=dtype, device=m.device)
-    p = _times(a, (v * (scale * s.mean() / s)) @ v.T, dtype)
-    return p if tall else p.T
+    return _through_spectrum(m, _rank_floor, lambda v, s: v * (scale * s.mean() / s), dtype)
 
 
 def polar(m: torch.Tensor) -> torch.Tensor:
@@ -112,7 +107,14 @@ def polar(m: torch.Tensor) -> torch.Tensor:
     Nearly dependent directions are kept down to 10·sqrt(max(m.shape) · eps(float64)) · S_max (~3e-6 for a
     384-wide matrix, the smallest the Gram matrix still resolves to 1%): they are a real part of the polar factor
     (MiniLM's Iso-CTS has one at 2e-5)."""
+    return _through_spectrum(m, lambda a: 10 * (max(a.shape) * torch.finfo(torch.float64).eps) ** 0.5,
+                             lambda v, s: v / s, torch.float64)
+
+
+def _through_spectrum(m: torch.Tensor, floor, scaled, dtype: torch.dtype) -> torch.Tensor:
+    """m·scaled(V, S)·Vᵀ in `dtype`, on the directions above floor(m) · S_max: with scaled = V/S it is U·Vᵀ, the
+    singular directions with a unit spectrum. No directions (a zero matrix) give zeros."""
     a, tall = _tall(m)
-    v, s = _spectrum(a, 10 * (max(a.shape) * torch.finfo(torch.float64).eps) ** 0.5)
-    p = _times(a, (v / s) @ v.T, torch.float64)
+    v, s = _spectrum(a, floor(a))
+    p = _times(a, scaled(v, s) @ v.T, dtype)
     return p if tall else p.T
