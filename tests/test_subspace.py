@@ -179,6 +179,44 @@ def test_a_recipe_runs_them_through_the_engine(tmp_path):
             torch.testing.assert_close(out[tensor], want, rtol=0, atol=1e-5, msg=f"{name} {tensor}")
 
 
+@pytest.mark.parametrize("name, params", [("tsv", {"lambda": 0.8}), ("iso_c", {"lambda": 1.3}),
+                                          ("tsv", {"fraction": 0.9})])
+def test_a_tall_matrix_is_merged_a_block_of_rows_at_a_time(name, params, tmp_path, monkeypatch):
+    """The engine streams a tall matrix through the method's passes over row blocks (an embedding's task vectors are
+    never held whole) and gets the very bits of the method applied to the whole task vectors: 9000 rows are 3
+    blocks of at most 4096, and no read of the big tensor asks for more. A wide matrix and a bfloat16 model too."""
+    from taskvec.io.checkpoint import SafetensorsCheckpoint
+    from taskvec.methods.spectral import ROWS_PER_BLOCK
+
+    g = torch.Generator().manual_seed(5)
+    shapes = {"embed.weight": (9000, 24), "wide.weight": (12, 5000), "norm.weight": (24,)}
+    models = {who: {k: torch.randn(shape, generator=g).to(torch.bfloat16) for k, shape in shapes.items()}
+              for who in ("base", "a", "b", "c")}
+    for who, tensors in models.items():
+        write_model(tmp_path / who, tensors)
+    reads = []
+    original = SafetensorsCheckpoint.read
+
+    def read(self, tensor, rows=None, into=None):
+        if tensor == "embed.weight":
+            reads.append(9000 if rows is None else rows[1] - rows[0])
+        return original(self, tensor, rows, into)
+
+    monkeypatch.setattr(SafetensorsCheckpoint, "read", read)
+    weights = [1.0, 0.5, -0.7]
+    recipe = parse_recipe({"merge_method": name, "base_model": str(tmp_path / "base"), "parameters": params,
+                           "models": [{"model": str(tmp_path / m), "parameters": {"weight": w}}
+                                      for m, w in zip("abc", weights)]})
+    run(recipe, tmp_path / "out")
+    assert reads and max(reads) <= ROWS_PER_BLOCK
+    out = read_model(tmp_path / "out")
+    for tensor in shapes:
+        b0 = models["base"][tensor].float()
+        deltas = [models[m][tensor].float() - b0 for m in "abc"]
+        want = (b0 + merge(name, deltas, weights, **params)).to(torch.bfloat16)
+        assert torch.equal(out[tensor], want), tensor
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("name", ["tsv", "iso_c", "iso_cts", "consensus"])
 def test_on_cuda_the_merge_matches_the_cpu(name, tmp_path):

@@ -15,6 +15,7 @@ from ..store.fingerprint import update
 from ..inputs import Input
 from ..io.checkpoint import Checkpoint
 from ..methods import MergeMethod
+from ..methods.spectral import ROWS_PER_BLOCK, TaskRows, is_tall
 from .blocks import block_numel, block_start, row_blocks
 from .finite import check_finite
 from .plan import TensorPlan
@@ -37,7 +38,11 @@ class ReferenceMerger:
 
     def memory(self, plan: TensorPlan) -> int:
         """Peak bytes of a merge job: the output, plus the float32 temporaries of a block (every input, its pruned
-        copy and the masks), plus the whole base when the tensor is taken whole."""
+        copy and the masks), plus the whole base when the tensor is taken whole. A row-pass merge holds a block of
+        every input in float64 and its factors: a few matrices of the tensor's width squared per input."""
+        if self._by_rows(plan):
+            block, width = min(plan.shape[0], ROWS_PER_BLOCK) * plan.shape[1], plan.shape[1]
+            return plan.write_bytes + ((len(self.inputs) + 4) * block + (len(self.inputs) + 3) * width * width) * 8
         block = block_numel(plan.shape, row_blocks(plan.shape, self.method.granularity)[0])
         held = 3 if self.method.streaming else 2 * len(self.inputs) + 4
         return plan.write_bytes + held * block * self.cd.itemsize + block * plan.source_dtype.itemsize
@@ -59,7 +64,12 @@ class ReferenceMerger:
             return raw.clone()
         return self.inputs[i].weights(plan.name, b, self.cd, self.device, rows)
 
+    def _by_rows(self, plan: TensorPlan) -> bool:
+        return self.method.by_rows is not None and is_tall(plan.shape)
+
     def merge(self, plan: TensorPlan) -> torch.Tensor:
+        if self._by_rows(plan):
+            return self._merge_by_rows(plan)
         name, method = plan.name, self.method
         blocks = row_blocks(plan.shape, method.granularity)
         models = plan.models
@@ -86,6 +96,29 @@ class ReferenceMerger:
                 out = check_finite(name, merged.to(plan.out_dtype), self.inputs).cpu()
             else:  # cast while copying into place, then check the stored values
                 check_finite(name, out[rows[0]:rows[1]].copy_(merged), self.inputs)
+        if digest is not None:
+            self.fingerprint.finish(digest)
+        return out
+
+    def _merge_by_rows(self, plan: TensorPlan) -> torch.Tensor:
+        """A tall matrix through the method's passes over blocks of rows: each pass reads the inputs' rows again
+        (from the page cache after the first), so a 128K-token embedding is merged in the memory of a few blocks."""
+        name = plan.name
+
+        def read(start: int, stop: int) -> list[torch.Tensor]:
+            b = self.base.read(name, (start, stop)).to(device=self.device, dtype=self.cd)
+            return [self._delta(plan, i, b, (start, stop)) for i in range(len(self.inputs))]
+
+        digest = self.fingerprint.begin(name, plan.source_dtype, plan.shape) if self.fingerprint is not None else None
+        out = torch.empty(plan.shape, dtype=plan.out_dtype)
+        merged_rows = self.method.by_rows(TaskRows(plan.shape, read), [m.at(0) for m in plan.models], plan.params)
+        for start, stop, merged in merged_rows:  # the last pass: blocks in order
+            raw = self.base.read(name, (start, stop))
+            if digest is not None:
+                update(digest, raw)
+            if self.add_base:
+                merged = merged.add_(raw.to(device=self.device, dtype=self.cd))
+            check_finite(name, out[start:stop].copy_(merged), self.inputs)
         if digest is not None:
             self.fingerprint.finish(digest)
         return out

@@ -166,6 +166,9 @@ class MergeMethod:
     # input tensor is in memory at once, however many models are merged
     streaming: bool = False
     ignored: tuple[str, ...] = field(default=())  # mergekit parameters accepted for compatibility, without effect
+    # a tall matrix's merge as passes over blocks of its rows (spectral.TaskRows -> output row blocks): the engine
+    # then holds one block and the method's small factors, never the whole tensor (the subspace methods)
+    by_rows: Callable[..., Any] | None = None
     kernel: Kernel | None = None  # what the fused kernels cover (None: always the reference path)
     # checks that tie a model's parameters together (density + gamma <= 1...): a message, or None when fine
     check: Callable[[Mapping[str, Any], Mapping[str, Any]], str | None] | None = None

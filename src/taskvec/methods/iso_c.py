@@ -11,15 +11,22 @@ is over the singular values kept -- the same as the paper's for the full-rank up
 from __future__ import annotations
 
 from . import LAMBDA, MergeMethod, register
-from .spectral import UNIT_WEIGHT, is_matrix, isotropic, mean, total, weighted
+from .spectral import UNIT_WEIGHT, grams, in_memory, is_matrix, isotropic_map, mean, times, total, weighted
 
 
 def iso_c(base, deltas, models, params):
-    deltas = weighted(list(deltas), models)
+    deltas = list(deltas)
     if not is_matrix(deltas[0]):
-        return mean(deltas).mul_(params["lambda"])
-    summed = total(deltas)
-    return isotropic(summed, params["lambda"], summed.dtype)
+        return mean(weighted(deltas, models)).mul_(params["lambda"])
+    return in_memory(iso_c_rows, deltas, models, params)
+
+
+def iso_c_rows(rows, models, params):
+    """Two passes over a tall matrix's rows: the Gram matrix of the weighted sum, then each block of the sum times
+    the isotropic map V·diag(lambda·mean(S)/S)·Vᵀ (so the block becomes its rows of lambda·mean(S)·U·Vᵀ)."""
+    rows = rows.weighted(models)
+    (gram,) = grams(rows, total)
+    return times(rows, total, isotropic_map(gram, rows.shape[0], params["lambda"]))
 
 
 register(
@@ -28,6 +35,7 @@ register(
         description="isotropic merging (Iso-C): the task-arithmetic sum's singular vectors, flat spectrum",
         inputs="deltas",
         fn=iso_c,
+        by_rows=iso_c_rows,
         params=(LAMBDA,),
         model_params=(UNIT_WEIGHT,),
         paper="Marczak et al. 2025, No Task Left Behind: Isotropic Model Merging (arXiv:2502.04959)",

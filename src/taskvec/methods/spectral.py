@@ -1,5 +1,6 @@
 """Shared linear algebra of the subspace methods (TSV, Iso-C, Iso-CTS): which tensors are matrices, the SVD kept to
-the directions a matrix really has, and the closest orthogonal matrix.
+the directions a matrix really has, the closest orthogonal matrix, and the passes over blocks of rows (`TaskRows`)
+that let the engine merge a tall matrix without holding its task vectors whole.
 
 Not a method (it registers nothing). Everything is in float64 on the tensor's device: the decompositions then give
 the same float32 result for any thread count, and sign conventions of singular vectors never matter, because every
@@ -8,7 +9,9 @@ product formed here (u·vᵀ pairs, polar factors) is invariant to them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from ..lazy import torch
 from . import WEIGHT, Param, weights_of
@@ -41,41 +44,76 @@ def mean(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 ROWS_PER_BLOCK = 4096  # float64 work is done this many rows at a time: memory stays near the float32 inputs
 
 
-def _tall(m: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """m with its longer side first (so the Gram matrix is the small one; a view, no copy), and whether it was."""
-    tall = m.shape[0] >= m.shape[1]
-    return (m if tall else m.T), tall
+@dataclass(frozen=True)
+class TaskRows:
+    """One tall matrix's task vectors as blocks of rows, read again on every pass over them. A subspace merge needs
+    only small matrices between its passes (Gram matrices, maps of its width), so the merge holds one block, never a
+    whole tensor: the task vectors of a 128K-token embedding are gigabytes; its Gram matrix is tens of megabytes."""
+
+    shape: tuple[int, int]  # rows ≥ columns
+    read: Callable[[int, int], list[torch.Tensor]]  # rows [start, stop) of every task vector, in compute dtype
+
+    @classmethod
+    def of(cls, deltas: Sequence[torch.Tensor]) -> TaskRows:
+        """Task vectors already in memory."""
+        return cls(tuple(deltas[0].shape), lambda start, stop: [d[start:stop] for d in deltas])
+
+    def weighted(self, models) -> TaskRows:
+        return TaskRows(self.shape, lambda start, stop: weighted(self.read(start, stop), models))
+
+    def blocks(self) -> Iterator[tuple[int, int, list[torch.Tensor]]]:
+        for start in range(0, self.shape[0], ROWS_PER_BLOCK):
+            stop = min(self.shape[0], start + ROWS_PER_BLOCK)
+            yield start, stop, self.read(start, stop)
 
 
-def _rank_floor(a: torch.Tensor) -> float:
-    return max(a.shape) * torch.finfo(torch.float32).eps
+RowMerge = Callable[[TaskRows, Sequence[Any], Mapping[str, Any]], Iterator[tuple[int, int, torch.Tensor]]]
 
 
-def _gram(a: torch.Tensor) -> torch.Tensor:
-    """aᵀa in float64, accumulated over blocks of rows (no float64 copy of a)."""
-    g = torch.zeros(a.shape[1], a.shape[1], dtype=torch.float64, device=a.device)
-    for i in range(0, a.shape[0], ROWS_PER_BLOCK):
-        block = a[i:i + ROWS_PER_BLOCK].double()
-        g.addmm_(block.T, block)
-    return g
+def is_tall(shape: Sequence[int]) -> bool:
+    """The matrices a row-pass merge streams: the Gram matrix of their rows is the small one."""
+    return len(shape) == 2 and shape[0] >= shape[1] > 1
 
 
-def _times(a: torch.Tensor, w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """a·w computed in float64 a block of rows at a time, stored in `dtype`."""
-    out = torch.empty(a.shape[0], w.shape[1], dtype=dtype, device=a.device)
-    for i in range(0, a.shape[0], ROWS_PER_BLOCK):
-        out[i:i + ROWS_PER_BLOCK] = a[i:i + ROWS_PER_BLOCK].double() @ w
+def in_memory(merge: RowMerge, deltas: Sequence[torch.Tensor], models, params) -> torch.Tensor:
+    """A row-pass merge of task vectors held in memory; a wide matrix goes through its transpose (the same merge:
+    every subspace method is symmetric in rows and columns), so the Gram matrix is always the small one."""
+    tall = deltas[0].shape[0] >= deltas[0].shape[1]
+    rows = TaskRows.of(deltas if tall else [d.T for d in deltas])
+    out = torch.empty(rows.shape, dtype=deltas[0].dtype, device=deltas[0].device)
+    for start, stop, block in merge(rows, models, params):
+        out[start:stop] = block
+    return out if tall else out.T
+
+
+def grams(rows: TaskRows, *parts: Callable[[list[torch.Tensor]], torch.Tensor]) -> list[torch.Tensor]:
+    """For each part (a function of a block's task vectors), the float64 Gram matrix pᵀp of its rows, in one pass."""
+    out: list[torch.Tensor] = []
+    for _, _, deltas in rows.blocks():
+        for i, part in enumerate(parts):
+            p = part(deltas).double()
+            if len(out) <= i:
+                out.append(torch.zeros(p.shape[1], p.shape[1], dtype=torch.float64, device=p.device))
+            out[i].addmm_(p.T, p)
     return out
 
 
-def _spectrum(a: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+def times(rows: TaskRows, part: Callable[[list[torch.Tensor]], torch.Tensor], w: torch.Tensor, dtype=None
+          ) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """part(block)·w for each block of rows, in float64, then stored in `dtype` (default: the block's)."""
+    for start, stop, deltas in rows.blocks():
+        yield start, stop, (part(deltas).double() @ w).to(dtype or deltas[0].dtype)
+
+
+def spectrum(gram: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
     """V and S of a tall matrix a = U·diag(S)·Vᵀ from the float64 eigendecomposition of its Gram matrix aᵀa, largest
     first, without the directions at or below floor · S_max.
 
     Why the Gram matrix: on a CPU, aᵀa plus its eigh costs about half of an SVD of a (5632×2048: 2.8 s against 7.5 s
-    on 2 cores). Squaring loses nothing that matters in float64: an eigenvalue is off by about eps(float64)·S_max²,
-    so each kept singular value is exact to ~1e-9 relative, far below the float32 of the output."""
-    w, v = torch.linalg.eigh(_gram(a))
+    on 2 cores), and it accumulates over blocks of rows. Squaring loses nothing that matters in float64: an
+    eigenvalue is off by about eps(float64)·S_max², so each kept singular value is exact to ~1e-9 relative, far
+    below the float32 of the output."""
+    w, v = torch.linalg.eigh(gram)
     s = w.flip(0).clamp_min(0).sqrt()
     if s.numel() == 0 or s[0] == 0:
         return v[:, :0], s[:0]
@@ -83,38 +121,69 @@ def _spectrum(a: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Tensor
     return v.flip(1)[:, :keep], s[:keep]
 
 
+def rank_floor(rows: int) -> float:
+    """Singular values at or below this share of the largest are numerically zero (a float32 matrix this tall)."""
+    return rows * torch.finfo(torch.float32).eps
+
+
+def polar_floor(rows: int) -> float:
+    """Nearly dependent directions are kept down to 10·sqrt(rows · eps(float64)) · S_max (~3e-6 for 384 rows, the
+    smallest the Gram matrix still resolves to 1%): they are a real part of a polar factor (MiniLM's Iso-CTS has
+    one at 2e-5)."""
+    return 10 * (rows * torch.finfo(torch.float64).eps) ** 0.5
+
+
+def _tall(m: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """m with its longer side first (so the Gram matrix is the small one; a view, no copy), and whether it was."""
+    tall = m.shape[0] >= m.shape[1]
+    return (m if tall else m.T), tall
+
+
+def _first(deltas: list[torch.Tensor]) -> torch.Tensor:
+    return deltas[0]
+
+
+def _gram(a: torch.Tensor) -> torch.Tensor:
+    return grams(TaskRows.of([a]), _first)[0]
+
+
+def _times(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """a·w in float64, a block of rows at a time (no float64 copy of a)."""
+    out = torch.empty(a.shape[0], w.shape[1], dtype=torch.float64, device=a.device)
+    for start, stop, block in times(TaskRows.of([a]), _first, w, torch.float64):
+        out[start:stop] = block
+    return out
+
+
 def svd(m: torch.Tensor, top: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """U, S, Vh of a matrix in float64, largest first (the `top` largest only, when given), without the directions
     whose singular value is numerically zero (at or below max(m.shape) · eps(float32) · S_max): a rank-deficient
     matrix has no direction there, and an SVD routine fills it with arbitrary vectors."""
     a, tall = _tall(m)
-    v, s = _spectrum(a, _rank_floor(a))
+    v, s = spectrum(_gram(a), rank_floor(a.shape[0]))
     v, s = v[:, :top], s[:top]
-    u = _times(a, v / s, torch.float64)
+    u = _times(a, v / s)
     return (u, s, v.T) if tall else (v, s, u.T)
-
-
-def isotropic(m: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
-    """scale · mean(S) · U·Vᵀ in `dtype`, over the directions `svd` keeps: the matrix's singular directions with a
-    flat spectrum at its mean singular value (Iso-C), written block by block into the output."""
-    return _through_spectrum(m, _rank_floor, lambda v, s: v * (scale * s.mean() / s), dtype)
 
 
 def polar(m: torch.Tensor) -> torch.Tensor:
     """The closest partial isometry to `m` in the Frobenius norm (float64): P·Qᵀ from m = P·S·Qᵀ (the orthogonal
     Procrustes solution; orthonormal columns, or rows for a wide matrix, where `m` has full rank). Directions that m
-    lacks (two tasks sharing a singular vector) are left out, where an SVD would fill them with arbitrary vectors.
-    Nearly dependent directions are kept down to 10·sqrt(max(m.shape) · eps(float64)) · S_max (~3e-6 for a
-    384-wide matrix, the smallest the Gram matrix still resolves to 1%): they are a real part of the polar factor
-    (MiniLM's Iso-CTS has one at 2e-5)."""
-    return _through_spectrum(m, lambda a: 10 * (max(a.shape) * torch.finfo(torch.float64).eps) ** 0.5,
-                             lambda v, s: v / s, torch.float64)
-
-
-def _through_spectrum(m: torch.Tensor, floor, scaled, dtype: torch.dtype) -> torch.Tensor:
-    """m·scaled(V, S)·Vᵀ in `dtype`, on the directions above floor(m) · S_max: with scaled = V/S it is U·Vᵀ, the
-    singular directions with a unit spectrum. No directions (a zero matrix) give zeros."""
+    lacks (two tasks sharing a singular vector) are left out, where an SVD would fill them with arbitrary vectors;
+    nearly dependent ones are kept (`polar_floor`)."""
     a, tall = _tall(m)
-    v, s = _spectrum(a, floor(a))
-    p = _times(a, scaled(v, s) @ v.T, dtype)
+    p = _times(a, polar_map(_gram(a), a.shape[0]))
     return p if tall else p.T
+
+
+def polar_map(gram: torch.Tensor, rows: int) -> torch.Tensor:
+    """W with a·W the polar factor of a tall matrix a (= U·Vᵀ), from a's Gram matrix: V·diag(1/S)·Vᵀ."""
+    v, s = spectrum(gram, polar_floor(rows))
+    return (v / s) @ v.T
+
+
+def isotropic_map(gram: torch.Tensor, rows: int, scale: float) -> torch.Tensor:
+    """W with a·W = scale · mean(S) · U·Vᵀ for a tall matrix a (Iso-C's flat spectrum), over the directions `svd`
+    keeps. A zero matrix has none, and W is zero."""
+    v, s = spectrum(gram, rank_floor(rows))
+    return (v * (scale * s.mean() / s)) @ v.T

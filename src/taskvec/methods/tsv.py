@@ -13,29 +13,52 @@ Other tensors (biases, norms) are the mean of the task vectors. lambda is 1.0 by
 
 from __future__ import annotations
 
+from operator import itemgetter
+
 from ..lazy import torch
 from . import LAMBDA, MergeMethod, Param, Range, register
-from .spectral import UNIT_WEIGHT, is_matrix, mean, polar, svd, weighted
+from .spectral import (ROWS_PER_BLOCK, UNIT_WEIGHT, grams, in_memory, is_matrix, mean, polar, polar_map, rank_floor,
+                       spectrum, times, weighted)
 
 FRACTION = Param("fraction", float, 0.0, "share of each task's rank it keeps (0: 1/number of models, the paper's)",
                  range=Range(0.0, 1.0))
 
 
 def tsv(base, deltas, models, params):
-    deltas = weighted(list(deltas), models)
+    deltas = list(deltas)
     if not is_matrix(deltas[0]):
-        return mean(deltas).mul_(params["lambda"])
-    rank = min(deltas[0].shape)
-    k = max(1, int(rank * (params["fraction"] or 1.0 / len(deltas))))
-    us, ss, vhs = [], [], []
-    for d in deltas:
-        u, s, vh = svd(d, top=k)
-        us.append(u), ss.append(s), vhs.append(vh)
-    s = torch.cat(ss)
+        return mean(weighted(deltas, models)).mul_(params["lambda"])
+    return in_memory(tsv_rows, deltas, models, params)
+
+
+def tsv_rows(rows, models, params):
+    """Three passes over a tall matrix's rows: each task's Gram matrix (its top singular directions V_t, S_t), then
+    the Gram matrix of U = [U₁ … U_T] (its polar factor; U_t's rows are τ_t's rows times V_t/S_t), then the merged
+    rows U·W, with W = polar map · diag(S) · polar(V)ᵀ · lambda."""
+    rows = rows.weighted(models)
+    height, width = rows.shape
+    k = max(1, int(width * (params["fraction"] or 1.0 / len(models))))
+    spectra = [spectrum(g, rank_floor(height)) for g in grams(rows, *(itemgetter(t) for t in range(len(models))))]
+    spectra = [(v[:, :k], s[:k]) for v, s in spectra]
+    s = torch.cat([s for _, s in spectra])
     if s.numel() == 0:  # every task vector is zero here
-        return torch.zeros_like(deltas[0])
-    merged = (polar(torch.cat(us, dim=1)) * s) @ polar(torch.cat(vhs, dim=0))
-    return merged.mul_(params["lambda"]).to(deltas[0].dtype)
+        return times(rows, itemgetter(0), torch.zeros(width, width, dtype=torch.float64, device=s.device))
+    maps = [v / s for v, s in spectra]
+
+    def left(deltas):  # rows of U
+        return torch.cat([d.double() @ m for d, m in zip(deltas, maps)], dim=1)
+
+    right = (s[:, None] * polar(torch.cat([v.T for v, _ in spectra]))).mul_(params["lambda"])
+    if s.numel() <= height:
+        return times(rows, left, polar_map(grams(rows, left)[0], height) @ right)
+    # more kept directions than rows (a fraction above 1/tasks on a near-square matrix): U is held whole, it is small
+    u, dtype = [], None
+    for _, _, deltas in rows.blocks():
+        u.append(left(deltas))
+        dtype = deltas[0].dtype
+    merged = polar(torch.cat(u)) @ right
+    return ((start, min(height, start + ROWS_PER_BLOCK), merged[start:start + ROWS_PER_BLOCK].to(dtype))
+            for start in range(0, height, ROWS_PER_BLOCK))
 
 
 register(
@@ -44,6 +67,7 @@ register(
         description="task singular vectors (TSV-M): each task's top singular directions, orthogonalised, summed",
         inputs="deltas",
         fn=tsv,
+        by_rows=tsv_rows,
         params=(LAMBDA, FRACTION),
         model_params=(UNIT_WEIGHT,),
         paper="Gargiulo et al. 2025, Task Singular Vectors (arXiv:2412.00081)",
