@@ -180,7 +180,7 @@ def test_a_recipe_runs_them_through_the_engine(tmp_path):
 
 
 @pytest.mark.parametrize("name, params", [("tsv", {"lambda": 0.8}), ("iso_c", {"lambda": 1.3}),
-                                          ("tsv", {"fraction": 0.9})])
+                                          ("tsv", {"fraction": 0.9}), ("iso_cts", {"common_space_fraction": 0.5})])
 def test_a_tall_matrix_is_merged_a_block_of_rows_at_a_time(name, params, tmp_path, monkeypatch):
     """The engine streams a tall matrix through the method's passes over row blocks (an embedding's task vectors are
     never held whole) and gets the very bits of the method applied to the whole task vectors: 9000 rows are 3

@@ -11,9 +11,12 @@ Departure as Iso-C's: numerically zero directions are dropped before orthogonali
 
 from __future__ import annotations
 
+from operator import itemgetter
+
 from ..lazy import torch
 from . import LAMBDA, MergeMethod, Param, Range, register
-from .spectral import UNIT_WEIGHT, is_matrix, mean, polar, svd, total, weighted
+from .spectral import (UNIT_WEIGHT, grams, in_memory, is_matrix, mean, polar, polar_times, rank_floor, spectrum, svd,
+                       times, total, weighted)
 
 COMMON = Param("common_space_fraction", float, 0.8, "share of the rank given to the common subspace (the paper's "
                "default 0.8)", range=Range(0.0, 1.0))
@@ -27,9 +30,56 @@ def common_size(rank: int, tasks: int, fraction: float) -> tuple[int, int]:
 
 
 def iso_cts(base, deltas, models, params):
-    deltas = weighted(list(deltas), models)
+    deltas = list(deltas)
     if not is_matrix(deltas[0]):
-        return mean(deltas).mul_(params["lambda"])
+        return mean(weighted(deltas, models)).mul_(params["lambda"])
+    if deltas[0].shape[0] >= deltas[0].shape[1]:
+        return in_memory(iso_cts_rows, deltas, models, params)
+    return _wide(weighted(deltas, models), params)
+
+
+def iso_cts_rows(rows, models, params):
+    """Five passes over a tall matrix's rows: the sum's Gram matrix (its top directions V_k, S_k; U_k's rows are the
+    sum's rows times V_k/S_k), then U_kᵀτ_t for each task, then the Gram matrices of each τ_t − U_k·U_kᵀτ_t (the
+    task's own directions), then polar(U') and the output rows lambda·mean(S')·polar(U')·polar(V')ᵀ."""
+    rows = rows.weighted(models)
+    height, width = rows.shape
+    tasks = len(models)
+    common, per_task = common_size(width, tasks, params["common_space_fraction"])
+    v, s = spectrum(grams(rows, total)[0], rank_floor(height))
+    v, s = v[:, :common], s[:common]
+    to_common = v / s
+
+    def shared(deltas):  # rows of U_k
+        return total(deltas).double() @ to_common
+
+    overlap = [torch.zeros(v.shape[1], width, dtype=torch.float64, device=v.device) for _ in range(tasks)]
+    for _, _, deltas in rows.blocks():
+        u = shared(deltas)
+        for t in range(tasks):
+            overlap[t].addmm_(u.T, deltas[t].double())
+
+    def own(t):  # rows of τ_t − U_k·U_kᵀτ_t
+        return lambda deltas: deltas[t].double() - shared(deltas) @ overlap[t]
+
+    spectra = [spectrum(g, rank_floor(height)) for g in grams(rows, *(own(t) for t in range(tasks)))]
+    spectra = [(v, s)] + [(v_t[:, :per_task], s_t[:per_task]) for v_t, s_t in spectra]
+    values = torch.cat([s for _, s in spectra])
+    if values.numel() == 0:  # every task vector is zero here
+        return times(rows, itemgetter(0), torch.zeros(width, width, dtype=torch.float64, device=v.device))
+    maps = [v_t / s_t for v_t, s_t in spectra[1:]]
+
+    def left(deltas):  # rows of U' = [U_k, U_1 … U_T]
+        u = shared(deltas)
+        return torch.cat([u] + [(d.double() - u @ o) @ m for d, o, m in zip(deltas, overlap, maps)], dim=1)
+
+    right = polar(torch.cat([v_t.T for v_t, _ in spectra])).mul_(values.mean() * params["lambda"])
+    return polar_times(rows, left, right)
+
+
+def _wide(deltas, params):
+    """A matrix with fewer rows than columns, in memory: the common subspace is still the sum's left (row-space)
+    singular vectors, as in the paper, which the row passes of a tall matrix cannot reach, so it is not streamed."""
     summed = total(deltas)
     common, per_task = common_size(min(summed.shape), len(deltas), params["common_space_fraction"])
     u, s, vh = svd(summed, top=common)
@@ -51,6 +101,7 @@ register(
         description="isotropic merging (Iso-CTS): common plus task-specific singular directions, flat spectrum",
         inputs="deltas",
         fn=iso_cts,
+        by_rows=iso_cts_rows,
         params=(LAMBDA, COMMON),
         model_params=(UNIT_WEIGHT,),
         paper="Marczak et al. 2025, No Task Left Behind: Isotropic Model Merging (arXiv:2502.04959)",

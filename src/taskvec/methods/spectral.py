@@ -187,3 +187,20 @@ def isotropic_map(gram: torch.Tensor, rows: int, scale: float) -> torch.Tensor:
     keeps. A zero matrix has none, and W is zero."""
     v, s = spectrum(gram, rank_floor(rows))
     return (v * (scale * s.mean() / s)) @ v.T
+
+
+def polar_times(rows: TaskRows, left: Callable[[list[torch.Tensor]], torch.Tensor], right: torch.Tensor
+                ) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """The rows of polar(L)·right, where L's rows are left(block): directions put side by side (TSV's, Iso-CTS's)
+    made orthonormal, then mapped back. One pass for L's Gram matrix, one for the output; where L has more columns
+    than rows (a near-square matrix keeping more than its rank), L is small and held whole."""
+    height = rows.shape[0]
+    if right.shape[0] <= height:
+        return times(rows, left, polar_map(grams(rows, left)[0], height) @ right)
+    parts, dtype = [], None
+    for _, _, deltas in rows.blocks():
+        parts.append(left(deltas))
+        dtype = deltas[0].dtype
+    merged = polar(torch.cat(parts)) @ right
+    return ((start, min(height, start + ROWS_PER_BLOCK), merged[start:start + ROWS_PER_BLOCK].to(dtype))
+            for start in range(0, height, ROWS_PER_BLOCK))

@@ -17,8 +17,8 @@ from operator import itemgetter
 
 from ..lazy import torch
 from . import LAMBDA, MergeMethod, Param, Range, register
-from .spectral import (ROWS_PER_BLOCK, UNIT_WEIGHT, grams, in_memory, is_matrix, mean, polar, polar_map, rank_floor,
-                       spectrum, times, weighted)
+from .spectral import (UNIT_WEIGHT, grams, in_memory, is_matrix, mean, polar, polar_times, rank_floor, spectrum, times,
+                       weighted)
 
 FRACTION = Param("fraction", float, 0.0, "share of each task's rank it keeps (0: 1/number of models, the paper's)",
                  range=Range(0.0, 1.0))
@@ -34,7 +34,7 @@ def tsv(base, deltas, models, params):
 def tsv_rows(rows, models, params):
     """Three passes over a tall matrix's rows: each task's Gram matrix (its top singular directions V_t, S_t), then
     the Gram matrix of U = [U₁ … U_T] (its polar factor; U_t's rows are τ_t's rows times V_t/S_t), then the merged
-    rows U·W, with W = polar map · diag(S) · polar(V)ᵀ · lambda."""
+    rows polar(U)·diag(S)·polar(V)ᵀ·lambda."""
     rows = rows.weighted(models)
     height, width = rows.shape
     k = max(1, int(width * (params["fraction"] or 1.0 / len(models))))
@@ -49,16 +49,7 @@ def tsv_rows(rows, models, params):
         return torch.cat([d.double() @ m for d, m in zip(deltas, maps)], dim=1)
 
     right = (s[:, None] * polar(torch.cat([v.T for v, _ in spectra]))).mul_(params["lambda"])
-    if s.numel() <= height:
-        return times(rows, left, polar_map(grams(rows, left)[0], height) @ right)
-    # more kept directions than rows (a fraction above 1/tasks on a near-square matrix): U is held whole, it is small
-    u, dtype = [], None
-    for _, _, deltas in rows.blocks():
-        u.append(left(deltas))
-        dtype = deltas[0].dtype
-    merged = polar(torch.cat(u)) @ right
-    return ((start, min(height, start + ROWS_PER_BLOCK), merged[start:start + ROWS_PER_BLOCK].to(dtype))
-            for start in range(0, height, ROWS_PER_BLOCK))
+    return polar_times(rows, left, right)
 
 
 register(
