@@ -45,6 +45,7 @@ METHODS = {
     # the subspace methods: an SVD per matrix and task vector (not in the default run: hours on 2 CPU cores)
     "tsv": ("tsv", {"weight": 1.0}, {}),
     "iso_c": ("iso_c", {"weight": 1.0}, {}),
+    "iso_cts": ("iso_cts", {"weight": 1.0}, {}),
 }
 DEFAULT_METHODS = "linear,task_arithmetic,ties,dare_ties"
 
