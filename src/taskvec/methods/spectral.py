@@ -76,8 +76,9 @@ def is_tall(shape: Sequence[int]) -> bool:
 
 
 def in_memory(merge: RowMerge, deltas: Sequence[torch.Tensor], models, params) -> torch.Tensor:
-    """A row-pass merge of task vectors held in memory; a wide matrix goes through its transpose (the same merge:
-    every subspace method is symmetric in rows and columns), so the Gram matrix is always the small one."""
+    """A row-pass merge of task vectors held in memory; a wide matrix goes through its transpose, so the Gram matrix
+    is always the small one (for TSV and Iso-C, which treat rows and columns alike; Iso-CTS does not, and passes only
+    tall matrices here)."""
     tall = deltas[0].shape[0] >= deltas[0].shape[1]
     rows = TaskRows.of(deltas if tall else [d.T for d in deltas])
     out = torch.empty(rows.shape, dtype=deltas[0].dtype, device=deltas[0].device)
