@@ -104,16 +104,18 @@ class ReferenceMerger:
         """A tall matrix through the method's passes over blocks of rows: each pass reads the inputs' rows again
         (from the page cache after the first), so a 128K-token embedding is merged in the memory of a few blocks."""
         name = plan.name
+        last = {}  # the base rows read last: the output pass adds them to the block they were read for
 
         def read(start: int, stop: int) -> list[torch.Tensor]:
-            b = self.base.read(name, (start, stop)).to(device=self.device, dtype=self.cd)
+            last["rows"], last["raw"] = (start, stop), self.base.read(name, (start, stop))
+            b = last["raw"].to(device=self.device, dtype=self.cd)
             return [self._delta(plan, i, b, (start, stop)) for i in range(len(self.inputs))]
 
         digest = self.fingerprint.begin(name, plan.source_dtype, plan.shape) if self.fingerprint is not None else None
         out = torch.empty(plan.shape, dtype=plan.out_dtype)
         merged_rows = self.method.by_rows(TaskRows(plan.shape, read), [m.at(0) for m in plan.models], plan.params)
         for start, stop, merged in merged_rows:  # the last pass: blocks in order
-            raw = self.base.read(name, (start, stop))
+            raw = last["raw"] if last.get("rows") == (start, stop) else self.base.read(name, (start, stop))
             if digest is not None:
                 update(digest, raw)
             if self.add_base:

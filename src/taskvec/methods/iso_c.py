@@ -25,7 +25,7 @@ def iso_c_rows(rows, models, params):
     """Two passes over a tall matrix's rows: the Gram matrix of the weighted sum, then each block of the sum times
     the isotropic map V·diag(lambda·mean(S)/S)·Vᵀ (so the block becomes its rows of lambda·mean(S)·U·Vᵀ)."""
     rows = rows.weighted(models)
-    (gram,) = grams(rows, total)
+    (gram,) = grams(rows, lambda deltas: [total(deltas)])
     return times(rows, total, isotropic_map(gram, rows.shape[0], params["lambda"]))
 
 

@@ -46,7 +46,7 @@ def iso_cts_rows(rows, models, params):
     height, width = rows.shape
     tasks = len(models)
     common, per_task = common_size(width, tasks, params["common_space_fraction"])
-    v, s = spectrum(grams(rows, total)[0], rank_floor(height))
+    v, s = spectrum(grams(rows, lambda deltas: [total(deltas)])[0], rank_floor(height))
     v, s = v[:, :common], s[:common]
     to_common = v / s
 
@@ -59,10 +59,11 @@ def iso_cts_rows(rows, models, params):
         for t in range(tasks):
             overlap[t].addmm_(u.T, deltas[t].double())
 
-    def own(t):  # rows of τ_t − U_k·U_kᵀτ_t
-        return lambda deltas: deltas[t].double() - shared(deltas) @ overlap[t]
+    def own(deltas):  # rows of each τ_t − U_k·U_kᵀτ_t, one task at a time
+        u = shared(deltas)
+        return (d.double() - u @ o for d, o in zip(deltas, overlap))
 
-    spectra = [spectrum(g, rank_floor(height)) for g in grams(rows, *(own(t) for t in range(tasks)))]
+    spectra = [spectrum(g, rank_floor(height)) for g in grams(rows, own)]
     spectra = [(v, s)] + [(v_t[:, :per_task], s_t[:per_task]) for v_t, s_t in spectra]
     values = torch.cat([s for _, s in spectra])
     if values.numel() == 0:  # every task vector is zero here

@@ -9,7 +9,7 @@ product formed here (u·vᵀ pairs, polar factors) is invariant to them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,18 +81,25 @@ def in_memory(merge: RowMerge, deltas: Sequence[torch.Tensor], models, params) -
     tall matrices here)."""
     tall = deltas[0].shape[0] >= deltas[0].shape[1]
     rows = TaskRows.of(deltas if tall else [d.T for d in deltas])
-    out = torch.empty(rows.shape, dtype=deltas[0].dtype, device=deltas[0].device)
-    for start, stop, block in merge(rows, models, params):
-        out[start:stop] = block
+    out = _collect(merge(rows, models, params), rows.shape, deltas[0].dtype, deltas[0].device)
     return out if tall else out.T
 
 
-def grams(rows: TaskRows, *parts: Callable[[list[torch.Tensor]], torch.Tensor]) -> list[torch.Tensor]:
-    """For each part (a function of a block's task vectors), the float64 Gram matrix pᵀp of its rows, in one pass."""
+def _collect(blocks: Iterator[tuple[int, int, torch.Tensor]], shape, dtype, device) -> torch.Tensor:
+    """Row blocks written into one tensor."""
+    out = torch.empty(shape, dtype=dtype, device=device)
+    for start, stop, block in blocks:
+        out[start:stop] = block
+    return out
+
+
+def grams(rows: TaskRows, parts: Callable[[list[torch.Tensor]], Iterable[torch.Tensor]]) -> list[torch.Tensor]:
+    """For each matrix parts(block) gives (functions of a block's task vectors, made one at a time), the float64 Gram
+    matrix pᵀp of its rows, all in one pass."""
     out: list[torch.Tensor] = []
     for _, _, deltas in rows.blocks():
-        for i, part in enumerate(parts):
-            p = part(deltas).double()
+        for i, p in enumerate(parts(deltas)):
+            p = p.double()
             if len(out) <= i:
                 out.append(torch.zeros(p.shape[1], p.shape[1], dtype=torch.float64, device=p.device))
             out[i].addmm_(p.T, p)
@@ -145,15 +152,13 @@ def _first(deltas: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _gram(a: torch.Tensor) -> torch.Tensor:
-    return grams(TaskRows.of([a]), _first)[0]
+    return grams(TaskRows.of([a]), list)[0]
 
 
 def _times(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """a·w in float64, a block of rows at a time (no float64 copy of a)."""
-    out = torch.empty(a.shape[0], w.shape[1], dtype=torch.float64, device=a.device)
-    for start, stop, block in times(TaskRows.of([a]), _first, w, torch.float64):
-        out[start:stop] = block
-    return out
+    return _collect(times(TaskRows.of([a]), _first, w, torch.float64), (a.shape[0], w.shape[1]), torch.float64,
+                    a.device)
 
 
 def svd(m: torch.Tensor, top: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -197,7 +202,7 @@ def polar_times(rows: TaskRows, left: Callable[[list[torch.Tensor]], torch.Tenso
     than rows (a near-square matrix keeping more than its rank), L is small and held whole."""
     height = rows.shape[0]
     if right.shape[0] <= height:
-        return times(rows, left, polar_map(grams(rows, left)[0], height) @ right)
+        return times(rows, left, polar_map(grams(rows, lambda deltas: [left(deltas)])[0], height) @ right)
     parts, dtype = [], None
     for _, _, deltas in rows.blocks():
         parts.append(left(deltas))

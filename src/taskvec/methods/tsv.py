@@ -38,7 +38,7 @@ def tsv_rows(rows, models, params):
     rows = rows.weighted(models)
     height, width = rows.shape
     k = max(1, int(width * (params["fraction"] or 1.0 / len(models))))
-    spectra = [spectrum(g, rank_floor(height)) for g in grams(rows, *(itemgetter(t) for t in range(len(models))))]
+    spectra = [spectrum(g, rank_floor(height)) for g in grams(rows, list)]
     spectra = [(v[:, :k], s[:k]) for v, s in spectra]
     s = torch.cat([s for _, s in spectra])
     if s.numel() == 0:  # every task vector is zero here
