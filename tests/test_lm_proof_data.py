@@ -1,6 +1,7 @@
 """The data splits of the SmolLM2 proofs: nothing evaluated was trained on, in either language; the English control
 lines are the Italian lines' translations; the tweet splits are balanced and disjoint; the language detector."""
 
+import re
 import sys
 from pathlib import Path
 
@@ -51,6 +52,15 @@ def test_tweet_splits_are_balanced_disjoint_and_keep_evaluated_tweets_out_of_the
     assert splits == lm_data.sentiment_splits(sizes, 200)  # fixed: the same for every training seed
     with pytest.raises(ValueError, match="apple: 10000 negative tweets for train but only 778 left"):
         lm_data.sentiment_splits({"airline": {"train": 1}, "apple": {"train": 10_000}}, 1)
+
+
+def test_mangled_emoji_are_cut_out_of_tweets_and_accented_letters_stay():
+    assert lm_data.clean_tweet("@united BEST!!_\x99\xc8\x8f_\x99\xc8\x8f thanks") == "@united BEST!! thanks"
+    assert lm_data.clean_tweet("Caf\xe9 \xe0 la mode") == "Caf\xe9 \xe0 la mode"
+    assert lm_data.clean_tweet("_\x99\xc8\x8f") == ""
+    for by_label in lm_data.tweets_by_topic().values():
+        for texts in by_label.values():
+            assert texts and all(t and not re.search(r"[\x80-\x9f]", t) for t in texts)
 
 
 def test_language_of_and_reply_stats():

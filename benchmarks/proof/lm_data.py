@@ -67,14 +67,21 @@ TOPICS = {  # keyword rules; a tweet matching two topics is dropped
     "apple": r"\b(apple|iphone|ipad|itunes|ios|macbook)\b",
 }
 SENTIMENTS = ("negative", "neutral", "positive")
+MOJIBAKE = re.compile(r"[_\x80-\xff]*[\x80-\x9f][_\x80-\xff]*")  # emoji bytes the CSV's latin-1 mangled
+
+
+def clean_tweet(text: str) -> str:
+    """The tweet without its mangled emoji: one of them is 4-7 tokens of noise, and a row of them made a 166-character
+    tweet 208 tokens long."""
+    return " ".join(MOJIBAKE.sub(" ", text).split())
 
 
 def tweets_by_topic() -> dict[str, dict[str, list[str]]]:
-    """{topic: {sentiment: tweets}} from the confident tweets (data.tweets_by_sentiment)."""
+    """{topic: {sentiment: tweets}} from the confident tweets (data.tweets_by_sentiment), cleaned."""
     by_sentiment = tweets_by_sentiment()
     out = {t: {s: [] for s in SENTIMENTS} for t in TOPICS}
     for sentiment, texts in by_sentiment.items():
-        for text in texts:
+        for text in filter(None, map(clean_tweet, texts)):
             hits = [t for t, pattern in TOPICS.items() if re.search(pattern, text, re.I)]
             if len(hits) == 1:
                 out[hits[0]][sentiment].append(text)
