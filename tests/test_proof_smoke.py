@@ -84,9 +84,11 @@ def test_language_model_proofs_smoke(tmp_path):
     analogy = json.loads((tmp_path / "results" / "analogy.json").read_text())["seeds"]["0"]
     assert all(0 <= r["apple"] <= 1 for r in analogy["rows"].values()) and len(analogy["rows"]) == 5
     assert {"gap", "closed", "noise_closed", "met"} <= set(analogy["verdict"])
+    assert {name: [p["lambda"] for p in points] for name, points in analogy["sweep_val"].items()} == {
+        "analogy": [0.0, 0.5], "noise control": [0.0, 0.5]}
 
     report = (tmp_path / "REPORT.md").read_text()
     for heading in ("## Chat vector", "## Negation", "## Analogy", "Scaling", "SMOKE RUN"):
         assert heading in report
-    assert (tmp_path / "chat_vector.png").is_file() and (tmp_path / "negation.png").is_file()
+    assert all((tmp_path / f"{part}.png").is_file() for part in ("chat_vector", "negation", "analogy"))
     assert not list((tmp_path / "cache" / "merges").glob("merge-*"))

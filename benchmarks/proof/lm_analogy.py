@@ -10,7 +10,8 @@ on airline tweets; τ_LM(domain): continued pre-training on unlabelled tweets of
   for the experiment to mean anything (reported either way).
 - Then the share of that gap the analogy closes (λ = 1, no target labels used), next to a noise control: the same
   recipe with the difference of two airline LM vectors from different training seeds (the same text).
-The λ sweep on Apple validation tweets is shown for information only: choosing λ with it would use target labels.
+The λ sweep on Apple validation tweets (the analogy and the noise control) is shown for information only: choosing λ
+with it would use target labels.
 """
 
 import json
@@ -25,7 +26,7 @@ from merging import merged
 
 SIZES = {"airline": {"train": 300, "val": 40, "test": 40}, "apple": {"train": 60, "val": 25, "test": 80}}
 LM_TEXTS = 1200
-SWEEP = (0.5, 1.0, 1.5, 2.0)
+SWEEP = (0.0, 0.5, 1.0, 1.5, 2.0)  # λ = 0 is the airline model
 MIN_GAP = 0.05
 GOAL = 0.30
 NOISE_SEED = 1000  # added to the seed of the second airline LM vector
@@ -64,10 +65,11 @@ def run(base: Path, cache: Path, seed: int, training: LMTraining, smoke: bool, l
                                m["lm_source"])):
         with merged(analogy_recipe(base, m["source"], plus, minus, 1.0), cache / "merges") as folder:
             result_rows[name] = {"apple": accuracy(folder, "apple"), "airline": accuracy(folder, "airline")}
-    sweep = []
-    for lam in SWEEP[:1] if smoke else SWEEP:
-        with merged(analogy_recipe(base, m["source"], m["lm_target"], m["lm_source"], lam), cache / "merges") as f:
-            sweep.append({"lambda": lam, "apple_val": accuracy(f, "apple", "val")})
+    sweep = {"analogy": [], "noise control": []}
+    for lam in SWEEP[:2] if smoke else SWEEP:
+        for name, plus in (("analogy", m["lm_target"]), ("noise control", m["lm_source_2"])):
+            with merged(analogy_recipe(base, m["source"], plus, m["lm_source"], lam), cache / "merges") as f:
+                sweep[name].append({"lambda": lam, "apple_val": accuracy(f, "apple", "val")})
     result = {"seed": seed, "sizes": sizes, "lm_texts": len(splits["apple"]["lm"]), "rows": result_rows,
               "sweep_val": sweep, "training": {k: json.loads((f / "training.json").read_text()) for k, f in m.items()}}
     result["verdict"] = verdict(result_rows)

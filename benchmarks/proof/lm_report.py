@@ -184,10 +184,19 @@ def analogy(result: dict, out_dir: Path) -> str:
         noise = "–" if v["noise_closed"] is None else f"{v['noise_closed']:.0%}"
         lines.append(f"| {seed} | {v['gap']:+.3f} | {_yes(v['gap_is_real'])} | {closed} | {noise} | "
                      f"{'met' if v['met'] else 'missed'} |")
-    lines += ["", "λ sweep on Apple validation tweets (information only: picking λ with it would use target labels): "
-              + "; ".join(f"seed {s}: " + ", ".join(f"λ {p['lambda']}: {p['apple_val']:.3f}" for p in r["sweep_val"])
-                          for s, r in per_seed.items()), "", footer(result), "", SCALING, ""]
+    png = out_dir / "analogy.png"
+    curves = {}
+    for r in per_seed.values():
+        for name, points in r["sweep_val"].items():
+            curves.setdefault(f"τ_sent + λ·{_difference(name)}", []).extend((p["lambda"], p["apple_val"]) for p in points)
+    plot(png, [("Apple validation tweets (information only)", "accuracy", curves)])
+    lines += ["", "The λ sweep on Apple validation tweets is for information only: picking λ with it would use target "
+              "labels.", "", f"![analogy λ sweep]({png.name})", "", footer(result), "", SCALING, ""]
     return "\n".join(lines)
+
+
+def _difference(sweep_name: str) -> str:
+    return "(τ_LM(apple) − τ_LM(airline))" if sweep_name == "analogy" else "(τ_LM(airline, b) − τ_LM(airline))"
 
 
 def _ratio(r) -> str:
