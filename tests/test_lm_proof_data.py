@@ -9,6 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "proof"))
 
+import lm_analogy  # noqa: E402
 import lm_data  # noqa: E402
 from lm_eval import language_of, reply_stats  # noqa: E402
 
@@ -61,6 +62,39 @@ def test_mangled_emoji_are_cut_out_of_tweets_and_accented_letters_stay():
     for by_label in lm_data.tweets_by_topic().values():
         for texts in by_label.values():
             assert texts and all(t and not re.search(r"[\x80-\x9f]", t) for t in texts)
+
+
+def test_topic_splits_keep_every_test_message_and_its_translation_out_of_training():
+    rows = lm_analogy.topic_rows()
+    for lang, splits in rows.items():
+        trained = {u for u, _ in splits["train"]}
+        evaluated = [u for split in ("val", "test") for u, _ in splits[split]]
+        assert evaluated and not trained & set(evaluated)
+        assert {t for _, t in splits["test"]} == set(lm_analogy.TOPICS)
+        labels = {}
+        for split_rows in splits.values():
+            for u, t in split_rows:
+                assert labels.setdefault(u, t) == t  # one topic per message
+    # the translation of an evaluated Italian message (the English line at the same place) is never trained on
+    english_trained = {u for u, _ in rows["english"]["train"]}
+    for split in ("val", "test"):
+        evaluated = set(rows["italian"][split])
+        for topic in lm_analogy.TOPICS:
+            for en_conv, it_conv in zip(lm_data.conversations("english")[topic], lm_data.conversations("italian")[topic]):
+                for en, it in zip(en_conv, it_conv):
+                    if (it, topic) in evaluated:
+                        assert en not in english_trained, (it, en)
+    assert rows == lm_analogy.topic_rows()
+    assert all(t not in lm_data.training_categories("italian") for t in lm_analogy.TOPICS)  # not in lm-it's text
+
+
+def test_parallel_training_lines_follow_the_other_languages_categories_and_counts():
+    english = lm_data.parallel_training_lines("english", "italian")
+    italian = lm_data.training_lines("italian")
+    assert abs(len(english) - len(italian)) < 0.1 * len(italian)
+    held = set(lm_data.lines("english", lm_data.HELD_OUT + lm_data.VALIDATION))
+    assert not held & set(english)
+    assert set(english) <= set(lm_data.lines("english", lm_data.training_categories("italian")))
 
 
 def test_language_of_and_reply_stats():

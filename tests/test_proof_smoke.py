@@ -64,7 +64,8 @@ def test_language_model_proofs_smoke(tmp_path):
     merge, score and report section is produced (the CI budget for this is 3 minutes)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "proof" / "run.py"), "--smoke", "--parts",
-                           "chat_vector,negation,analogy", "--out", str(tmp_path), "--cache", str(tmp_path / "cache")],
+                           "chat_vector,negation,analogy,analogy_tweets", "--out", str(tmp_path), "--cache",
+                           str(tmp_path / "cache")],
                           env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -81,14 +82,19 @@ def test_language_model_proofs_smoke(tmp_path):
     if negation["lambda"] is not None:
         assert {f"θ − {negation['lambda']:g}·τ_random", "base"} <= set(negation["rows"])
 
-    analogy = json.loads((tmp_path / "results" / "analogy.json").read_text())["seeds"]["0"]
-    assert all(0 <= r["apple"] <= 1 for r in analogy["rows"].values()) and len(analogy["rows"]) == 5
-    assert {"gap", "closed", "noise_closed", "met"} <= set(analogy["verdict"])
-    assert {name: [p["lambda"] for p in points] for name, points in analogy["sweep_val"].items()} == {
-        "analogy": [0.0, 0.5], "noise control": [0.0, 0.5]}
+    for part in ("analogy", "analogy_tweets"):
+        analogy = json.loads((tmp_path / "results" / f"{part}.json").read_text())["seeds"]["0"]
+        rows = analogy["rows"]
+        assert set(rows) == {"base", "source", "oracle", "analogy", "noise"} == set(analogy["row_names"])
+        assert all(0 <= r[domain] <= 1 for r in rows.values() for domain in ("target", "source"))
+        assert {"gap", "closed", "noise_closed", "met"} <= set(analogy["verdict"])
+        assert {role: [p["lambda"] for p in points] for role, points in analogy["sweep_val"].items()} == {
+            "analogy": [0.0, 0.5], "noise": [0.0, 0.5]}
 
     report = (tmp_path / "REPORT.md").read_text()
-    for heading in ("## Chat vector", "## Negation", "## Analogy", "Scaling", "SMOKE RUN"):
+    for heading in ("## Chat vector", "## Negation", "## Analogy: the topic", "## Analogy: tweet", "Scaling",
+                    "SMOKE RUN"):
         assert heading in report
-    assert all((tmp_path / f"{part}.png").is_file() for part in ("chat_vector", "negation", "analogy"))
+    assert all((tmp_path / f"{part}.png").is_file() for part in ("chat_vector", "negation", "analogy",
+                                                                 "analogy_tweets"))
     assert not list((tmp_path / "cache" / "merges").glob("merge-*"))

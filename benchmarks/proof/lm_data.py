@@ -60,6 +60,18 @@ def training_lines(language: str) -> list[str]:
     return [u for u in lines(language, training_categories(language)) if u not in held]
 
 
+def parallel_training_lines(language: str, like: str) -> list[str]:
+    """`language`'s utterances of `like`'s training categories, per category as many as `like` has there (in file
+    order). The files are translations, so this is largely the content of training_lines(like) in another language:
+    English has whole categories and 500 trivia lines that Italian lacks."""
+    held = {lang: set(lines(lang, HELD_OUT + VALIDATION)) for lang in (language, like)}
+    out = []
+    for category in training_categories(like):
+        count = sum(u not in held[like] for u in lines(like, [category]))
+        out += [u for u in lines(language, [category]) if u not in held[language]][:count]
+    return list(dict.fromkeys(out))
+
+
 # ---- tweets by topic (the analogy) ----------------------------------------------------------------------------------
 
 TOPICS = {  # keyword rules; a tweet matching two topics is dropped

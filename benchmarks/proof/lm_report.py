@@ -165,38 +165,59 @@ def negation(result: dict, out_dir: Path) -> str:
     return "\n".join(lines)
 
 
+ANALOGY_TITLES = {
+    "analogy": "## Analogy: the topic of Italian chat messages from English labels (SmolLM2-135M)",
+    "analogy_tweets": "## Analogy: tweet sentiment on a domain without labels (SmolLM2-135M)"}
+ANALOGY_TASKS = {
+    "analogy": "The task is the topic of a chat message ({labels}) as a chat reply; the messages of each topic's "
+               "conversations are split into train / validation / test the same way in both languages, so no test "
+               "message's translation is trained on. The LM vectors are continued pre-training on the chat vector's "
+               "training categories, in English and in Italian: the same content, so their difference is the "
+               "language.",
+    "analogy_tweets": "The task is a tweet's sentiment ({labels}) as a chat reply; the LM vectors are continued "
+                      "pre-training on unlabelled tweets of each domain."}
+
+
 def analogy(result: dict, out_dir: Path) -> str:
+    """Either analogy setting: which one is in the results (`source`, `target`)."""
     per_seed = result["seeds"]
     first = next(iter(per_seed.values()))
-    sizes = first["sizes"]
-    lines = ["## Analogy: tweet sentiment on a domain without labels (SmolLM2-135M)", "",
-             "τ_target ≈ τ_sentiment(airline) + (τ_LM(apple) − τ_LM(airline)), at λ = 1 (no target labels used). "
-             "Sentiment is a chat reply (negative / neutral / positive); accuracy = the label whose first token is the most "
-             f"likely. Labelled tweets per class: airline {sizes['airline']}, apple {sizes['apple']}; "
-             f"{first['lm_texts']} unlabelled tweets per domain for the LM vectors. Noise control: the same recipe "
-             "with two airline LM vectors from different seeds.", ""]
-    lines += pooled_rows(per_seed, {"apple": "Apple accuracy (target)", "airline": "airline accuracy (source)"}, {})
-    lines += ["", "| seed | gap (oracle − airline model, Apple) | real gap (≥ 5 points) | gap closed by the analogy | "
-              "closed by the noise control | goal (≥ 30%) |", "|---|---|---|---|---|---|"]
+    source, target = first["source"], first["target"]
+    part = "analogy" if source == "english" else "analogy_tweets"
+    names = first["row_names"]
+    lines = [ANALOGY_TITLES[part], "",
+             f"τ_task({target}) ≈ τ_task({source}) + (τ_LM({target}) − τ_LM({source})), at λ = 1 (no {target} labels "
+             "used). " + ANALOGY_TASKS[part].format(labels=", ".join(first["labels"])) + " Accuracy = the label whose "
+             f"first token is the most likely reply. Labelled examples: {_counts(first['examples'])}; "
+             f"unlabelled texts for the LM vectors: {_counts(first['lm_texts'])}. Noise control: the same recipe with "
+             f"two {source} LM vectors from different seeds (the same text).", ""]
+    columns = {"target": f"{target} accuracy (target)", "source": f"{source} accuracy (source)"}
+    lines += ["| model | " + " | ".join(columns.values()) + " |", "|---|---|---|"]
+    for role, name in names.items():
+        lines.append(f"| {name} | " + " | ".join(spread([r["rows"][role][c] for r in per_seed.values()])
+                                                for c in columns) + " |")
+    lines += ["", f"| seed | gap (oracle − {source} model, on {target}) | real gap (≥ 5 points) | gap closed by the "
+              "analogy | closed by the noise control | goal (≥ 30%) |", "|---|---|---|---|---|---|"]
     for seed, r in per_seed.items():
         v = r["verdict"]
         closed = "–" if v["closed"] is None else f"{v['closed']:.0%}"
         noise = "–" if v["noise_closed"] is None else f"{v['noise_closed']:.0%}"
         lines.append(f"| {seed} | {v['gap']:+.3f} | {_yes(v['gap_is_real'])} | {closed} | {noise} | "
                      f"{'met' if v['met'] else 'missed'} |")
-    png = out_dir / "analogy.png"
+    png = out_dir / f"{part}.png"
     curves = {}
     for r in per_seed.values():
-        for name, points in r["sweep_val"].items():
-            curves.setdefault(f"τ_sent + λ·{_difference(name)}", []).extend((p["lambda"], p["apple_val"]) for p in points)
-    plot(png, [("Apple validation tweets (information only)", "accuracy", curves)])
-    lines += ["", "The λ sweep on Apple validation tweets is for information only: picking λ with it would use target "
-              "labels.", "", f"![analogy λ sweep]({png.name})", "", footer(result), "", SCALING, ""]
+        for role, points in r["sweep_val"].items():
+            curves.setdefault(names[role].split(":")[0], []).extend((p["lambda"], p["target_val"]) for p in points)
+    plot(png, [(f"τ_task + λ·(τ_LM − τ_LM'), {target} validation split", "accuracy", curves)])
+    lines += ["", f"The λ sweep on the {target} validation split is for information only: picking λ with it would "
+              f"use {target} labels.", "", f"![{part} λ sweep]({png.name})", "", footer(result), ""]
     return "\n".join(lines)
 
 
-def _difference(sweep_name: str) -> str:
-    return "(τ_LM(apple) − τ_LM(airline))" if sweep_name == "analogy" else "(τ_LM(airline, b) − τ_LM(airline))"
+def _counts(per_domain: dict) -> str:
+    return "; ".join(f"{d} {', '.join(f'{k} {n}' for k, n in v.items()) if isinstance(v, dict) else v}"
+                     for d, v in per_domain.items())
 
 
 def _ratio(r) -> str:

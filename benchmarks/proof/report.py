@@ -11,7 +11,8 @@ the chat vector, negation and analogy. All merges go through taskvec's public AP
 reproduces these numbers.
 """
 
-LM_PARTS = ("chat_vector", "negation", "analogy")  # SmolLM2; negation negates chat_vector's new-language vector
+LM_PARTS = ("chat_vector", "negation", "analogy", "analogy_tweets")  # SmolLM2; negation and analogy reuse
+# chat_vector's new-language model
 PARTS = ("addition", "interference") + LM_PARTS  # interference reads addition's results
 
 
@@ -20,7 +21,7 @@ def reporter(part: str):
     if part in LM_PARTS:
         import lm_report
 
-        return getattr(lm_report, part)
+        return getattr(lm_report, "analogy" if part.startswith("analogy") else part)
     return __import__({"addition": "addition_report"}.get(part, part)).markdown
 
 
@@ -37,4 +38,7 @@ def write(results_dir: Path, path: Path) -> None:
         smoke = " — SMOKE RUN: pipeline check only, numbers meaningless" if result.get("smoke") else ""
         sections.append(f"_{part}: {result.get('seconds', 0):.0f} s on {m.get('cpus')} CPUs (models and accuracies "
                         f"already in the cache are reused), {m.get('platform')}, torch {m.get('torch')}{smoke}._\n")
+    import lm_report
+
+    sections.append(lm_report.SCALING + "\n")
     path.write_text("\n".join(sections))

@@ -2,9 +2,10 @@
 
     python benchmarks/proof/run.py                       # everything: addition (both regimes, 3 seeds),
                                                          # interference, and on SmolLM2 the chat vector,
-                                                         # negation and analogy (3 seeds each), report
+                                                         # negation and two analogies (3 seeds each),
+                                                         # report
     python benchmarks/proof/run.py --parts addition --seeds 0 --check-cli
-    python benchmarks/proof/run.py --parts chat_vector,negation,analogy --seeds 0,1,2
+    python benchmarks/proof/run.py --parts chat_vector,negation,analogy,analogy_tweets --seeds 0,1,2
     python benchmarks/proof/run.py --smoke --out /tmp/p  # CI: a few steps on tiny subsets; checks the pipeline only
 
 Results: benchmarks/proof/results/*.json and benchmarks/proof/REPORT.md (with plots). Models, cached scores and
@@ -150,7 +151,7 @@ def run_lm_part(part: str, cache: Path, seeds: list[int], smoke: bool) -> dict:
         else:
             import lm_analogy
 
-            out[seed] = lm_analogy.run(base, cache, seed, settings, smoke)
+            out[seed] = lm_analogy.run(base, cache, seed, settings, lm_analogy.SETTINGS[part](smoke), smoke)
     return {"seeds": out, "training": dataclasses.asdict(settings), "base": base.name}
 
 
