@@ -181,7 +181,37 @@ def run(base: Path, cache: Path, seed: int, training: LMTraining, setting: Setti
               "sweep_val": sweep,
               "training": {k: json.loads((f / "training.json").read_text()) for k, f in m.items()}}
     result["verdict"] = verdict(rows)
+    result["geometry"] = shift_geometry(base, m["source"], {role: (plus, m["lm_source"]) for role, plus in
+                                                            plus_of.items()})
     return result
+
+
+def shift_geometry(base: Path, task: Path, shifts: dict[str, tuple[Path, Path]]) -> dict:
+    """How large each added shift (plus − minus, as task vectors) is next to τ_task, and how aligned with it: if the
+    language shift is no larger than the noise shift, the LM vectors differ mostly by their training noise. One
+    `taskvec inspect` pass gives every norm and cosine; the shifts' follow from them."""
+    import taskvec
+
+    folders = [task] + sorted({f for pair in shifts.values() for f in pair})
+    report = taskvec.inspect_vectors(folders, base)
+    norm = {f: v.l2_norm for f, v in zip(folders, report.vectors)}
+    cos = {(p.a, p.b): p.cosine or 0.0 for p in report.pairs}
+    label = {f: v.label for f, v in zip(folders, report.vectors)}
+
+    def dot(x: Path, y: Path) -> float:
+        if x == y:
+            return norm[x] ** 2
+        c = cos.get((label[x], label[y]), cos.get((label[y], label[x])))
+        return c * norm[x] * norm[y]
+
+    out = {"task_norm": norm[task]}
+    for role, (plus, minus) in shifts.items():
+        size = max(dot(plus, plus) + dot(minus, minus) - 2 * dot(plus, minus), 0.0) ** 0.5
+        along = dot(task, plus) - dot(task, minus)
+        out[role] = {"norm": size, "norm_vs_task": size / norm[task],
+                     "cosine_with_task": along / (size * norm[task]) if size > 0 else None,
+                     "lm_vector_cosine": dot(plus, minus) / (norm[plus] * norm[minus])}
+    return out
 
 
 def verdict(rows: dict) -> dict:

@@ -204,6 +204,17 @@ def analogy(result: dict, out_dir: Path) -> str:
         noise = "–" if v["noise_closed"] is None else f"{v['noise_closed']:.0%}"
         lines.append(f"| {seed} | {v['gap']:+.3f} | {_yes(v['gap_is_real'])} | {closed} | {noise} | "
                      f"{'met' if v['met'] else 'missed'} |")
+    lines += ["", f"Sizes of the added shifts (L2 norms over all weights, `taskvec inspect`): a shift much smaller than "
+              f"τ_task barely moves the model, and a {target} shift no larger than the noise shift means the two LM "
+              "vectors differ mostly by training noise.", "",
+              f"| seed | ‖τ_task({source})‖ | ‖{target} shift‖ / ‖τ_task‖ | ‖noise shift‖ / ‖τ_task‖ | "
+              f"cos(τ_LM({target}), τ_LM({source})) | cos(τ_LM({source}), same text, seed b) |",
+              "|---|---|---|---|---|---|"]
+    for seed, r in per_seed.items():
+        g = r["geometry"]
+        lines.append(f"| {seed} | {g['task_norm']:.2f} | {g['analogy']['norm_vs_task']:.3f} | "
+                     f"{g['noise']['norm_vs_task']:.3f} | {g['analogy']['lm_vector_cosine']:.3f} | "
+                     f"{g['noise']['lm_vector_cosine']:.3f} |")
     png = out_dir / f"{part}.png"
     curves = {}
     for r in per_seed.values():
