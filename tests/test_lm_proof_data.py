@@ -85,7 +85,15 @@ def test_topic_splits_keep_every_test_message_and_its_translation_out_of_trainin
                     if (it, topic) in evaluated:
                         assert en not in english_trained, (it, en)
     assert rows == lm_analogy.topic_rows()
-    assert all(t not in lm_data.training_categories("italian") for t in lm_analogy.TOPICS)  # not in lm-it's text
+    assert all(t not in lm_data.training_categories("italian") for t in lm_analogy.TOPICS)
+
+
+def test_topic_lm_text_has_the_training_messages_unlabelled_and_no_evaluated_message():
+    setting, rows = lm_analogy.language_setting(smoke=False), lm_analogy.topic_rows()
+    for lang, text in setting.lm_text.items():
+        assert {u for u, _ in rows[lang]["train"]} <= set(text)
+        assert not {u for split in ("val", "test") for u, _ in rows[lang][split]} & set(text)
+        assert not set(lm_analogy.TOPICS) & set(text)  # no label as a line of its own
 
 
 def test_parallel_training_lines_follow_the_other_languages_categories_and_counts():

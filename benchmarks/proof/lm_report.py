@@ -172,8 +172,10 @@ ANALOGY_TASKS = {
     "analogy": "The task is the topic of a chat message ({labels}) as a chat reply; the messages of each topic's "
                "conversations are split into train / validation / test the same way in both languages, so no test "
                "message's translation is trained on. The LM vectors are continued pre-training on the chat vector's "
-               "training categories, in English and in Italian: the same content, so their difference is the "
-               "language.",
+               "training lines plus the topics' training messages without their labels, in English and in Italian: "
+               "the same content, so their difference is the language. (A first run with the chat lines alone, "
+               "seed 0, closed 5% of the gap, the same as the noise control: those LM vectors had seen no text on "
+               "these topics.)",
     "analogy_tweets": "The task is a tweet's sentiment ({labels}) as a chat reply; the LM vectors are continued "
                       "pre-training on unlabelled tweets of each domain."}
 
