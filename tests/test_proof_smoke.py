@@ -85,7 +85,7 @@ def test_language_model_proofs_smoke(tmp_path):
     for part in ("analogy", "analogy_tweets"):
         analogy = json.loads((tmp_path / "results" / f"{part}.json").read_text())["seeds"]["0"]
         rows = analogy["rows"]
-        assert set(rows) == {"base", "source", "oracle", "analogy", "noise"} == set(analogy["row_names"])
+        assert set(rows) == {"base", "source", "oracle", "analogy", "noise"}
         assert all(0 <= r[domain] <= 1 for r in rows.values() for domain in ("target", "source"))
         assert {"gap", "closed", "noise_closed", "met"} <= set(analogy["verdict"])
         assert {role: [p["lambda"] for p in points] for role, points in analogy["sweep_val"].items()} == {

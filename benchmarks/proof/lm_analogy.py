@@ -144,13 +144,6 @@ def analogy_recipe(base: Path, task: Path, plus: Path, minus: Path, lam: float) 
                                       {"model": str(minus), "parameters": {"weight": -lam}}]}, sort_keys=False)
 
 
-def row_names(s: Setting) -> dict[str, str]:
-    return {"base": "base (zero-shot)", "source": f"{s.source} model ({s.source} labels)",
-            "oracle": f"oracle ({s.target} labels)",
-            "analogy": f"analogy: τ_task + τ_LM({s.target}) − τ_LM({s.source})",
-            "noise": f"noise control: τ_task + τ_LM({s.source}, seed b) − τ_LM({s.source})"}
-
-
 def run(base: Path, cache: Path, seed: int, training: LMTraining, setting: Setting, smoke: bool, log=print) -> dict:
     s = setting
     scorer = LMScorer(cache, log)
@@ -179,7 +172,7 @@ def run(base: Path, cache: Path, seed: int, training: LMTraining, setting: Setti
                 sweep[role].append({"lambda": lam, "target_val": accuracy(f, s.target, "val")})
     result = {"seed": seed, "source": s.source, "target": s.target, "labels": list(s.labels),
               "examples": {d: {split: len(r) for split, r in v.items()} for d, v in s.labelled.items()},
-              "lm_texts": {d: len(t) for d, t in s.lm_text.items()}, "row_names": row_names(s), "rows": rows,
+              "lm_texts": {d: len(t) for d, t in s.lm_text.items()}, "rows": rows,
               "sweep_val": sweep,
               "training": {k: json.loads((f / "training.json").read_text()) for k, f in m.items()}}
     result["verdict"] = verdict(rows)

@@ -184,9 +184,9 @@ def analogy(result: dict, out_dir: Path) -> str:
     """Either analogy setting: which one is in the results (`source`, `target`)."""
     per_seed = result["seeds"]
     first = next(iter(per_seed.values()))
-    source, target = first["source"], first["target"]
-    part = "analogy" if source == "english" else "analogy_tweets"
-    names = first["row_names"]
+    part = "analogy" if first["source"] == "english" else "analogy_tweets"
+    source, target = first["source"].capitalize(), first["target"].capitalize()
+    names = analogy_rows(source, target)
     lines = [ANALOGY_TITLES[part], "",
              f"τ_task({target}) ≈ τ_task({source}) + (τ_LM({target}) − τ_LM({source})), at λ = 1 (no {target} labels "
              "used). " + ANALOGY_TASKS[part].format(labels=", ".join(first["labels"])) + " Accuracy = the label whose "
@@ -206,9 +206,9 @@ def analogy(result: dict, out_dir: Path) -> str:
         noise = "–" if v["noise_closed"] is None else f"{v['noise_closed']:.0%}"
         lines.append(f"| {seed} | {v['gap']:+.3f} | {_yes(v['gap_is_real'])} | {closed} | {noise} | "
                      f"{'met' if v['met'] else 'missed'} |")
-    lines += ["", f"Sizes of the added shifts (L2 norms over all weights, `taskvec inspect`): a shift much smaller than "
-              f"τ_task barely moves the model, and a {target} shift no larger than the noise shift means the two LM "
-              "vectors differ mostly by training noise.", "",
+    lines += ["", "Sizes of the added shifts τ_LM − τ_LM' (L2 norms over all weights, from `taskvec inspect`): a shift "
+              "much smaller than τ_task barely moves the model; if the shift to the target domain is no larger than "
+              "the noise shift, the two LM vectors differ mostly by training noise.", "",
               f"| seed | ‖τ_task({source})‖ | ‖{target} shift‖ / ‖τ_task‖ | ‖noise shift‖ / ‖τ_task‖ | "
               f"cos(τ_LM({target}), τ_LM({source})) | cos(τ_LM({source}), same text, seed b) |",
               "|---|---|---|---|---|---|"]
@@ -226,6 +226,13 @@ def analogy(result: dict, out_dir: Path) -> str:
     lines += ["", f"The λ sweep on the {target} validation split is for information only: picking λ with it would "
               f"use {target} labels.", "", f"![{part} λ sweep]({png.name})", "", footer(result), ""]
     return "\n".join(lines)
+
+
+def analogy_rows(source: str, target: str) -> dict[str, str]:
+    """The analogy's rows by role, as the report names them."""
+    return {"base": "base (zero-shot)", "source": f"{source} model ({source} labels)",
+            "oracle": f"oracle ({target} labels)", "analogy": f"analogy: τ_task + τ_LM({target}) − τ_LM({source})",
+            "noise": f"noise control: τ_task + τ_LM({source}, seed b) − τ_LM({source})"}
 
 
 def _counts(per_domain: dict) -> str:
