@@ -21,7 +21,7 @@ from lm_eval import LMScorer, reply_stats
 from lm_train import LMTraining, random_like, train
 from merging import merged
 
-GRID = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+GRID = (0.02, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0)  # fine at the small end, where the English control can keep 95%
 KEEP = 0.95
 FACTOR = 3.0  # the goal: target moves ≥ 3× as much as with the random vector
 
