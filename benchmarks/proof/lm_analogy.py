@@ -182,9 +182,9 @@ def run(base: Path, cache: Path, seed: int, training: LMTraining, setting: Setti
 
 
 def shift_geometry(base: Path, task: Path, shifts: dict[str, tuple[Path, Path]]) -> dict:
-    """How large each added shift (plus − minus, as task vectors) is next to τ_task, and how aligned with it: if the
-    language shift is no larger than the noise shift, the LM vectors differ mostly by their training noise. One
-    `taskvec inspect` pass gives every norm and cosine; the shifts' follow from them."""
+    """How large each added shift (plus − minus, as task vectors) is next to τ_task: if the language shift is no
+    larger than the noise shift, the LM vectors differ mostly by their training noise. One `taskvec inspect` pass
+    gives every norm and cosine; the shifts' norms follow from them."""
     import taskvec
 
     folders = [task] + sorted({f for pair in shifts.values() for f in pair})
@@ -202,9 +202,7 @@ def shift_geometry(base: Path, task: Path, shifts: dict[str, tuple[Path, Path]])
     out = {"task_norm": norm[task]}
     for role, (plus, minus) in shifts.items():
         size = max(dot(plus, plus) + dot(minus, minus) - 2 * dot(plus, minus), 0.0) ** 0.5
-        along = dot(task, plus) - dot(task, minus)
         out[role] = {"norm": size, "norm_vs_task": size / norm[task],
-                     "cosine_with_task": along / (size * norm[task]) if size > 0 else None,
                      "lm_vector_cosine": dot(plus, minus) / (norm[plus] * norm[minus])}
     return out
 
