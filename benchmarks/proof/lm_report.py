@@ -180,11 +180,10 @@ ANALOGY_TASKS = {
                       "pre-training on unlabelled tweets of each domain."}
 
 
-def analogy(result: dict, out_dir: Path) -> str:
-    """Either analogy setting: which one is in the results (`source`, `target`)."""
+def analogy(result: dict, out_dir: Path, part: str) -> str:
+    """Either analogy setting (`part`: analogy or analogy_tweets)."""
     per_seed = result["seeds"]
     first = next(iter(per_seed.values()))
-    part = "analogy" if first["source"] == "english" else "analogy_tweets"
     source, target = first["source"].capitalize(), first["target"].capitalize()
     names = analogy_rows(source, target)
     lines = [ANALOGY_TITLES[part], "",

@@ -1,5 +1,6 @@
 """REPORT.md from the results JSON files: every table, the plots, and the machine the numbers came from."""
 
+import functools
 import json
 from pathlib import Path
 
@@ -21,7 +22,9 @@ def reporter(part: str):
     if part in LM_PARTS:
         import lm_report
 
-        return getattr(lm_report, "analogy" if part.startswith("analogy") else part)
+        if part.startswith("analogy"):
+            return functools.partial(lm_report.analogy, part=part)
+        return getattr(lm_report, part)
     return __import__({"addition": "addition_report"}.get(part, part)).markdown
 
 
