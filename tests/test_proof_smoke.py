@@ -89,7 +89,7 @@ def test_language_model_proofs_smoke(tmp_path):
         assert all(0 <= r[domain] <= 1 for r in rows.values() for domain in ("target", "source"))
         assert {"gap", "closed", "noise_closed", "met"} <= set(analogy["verdict"])
         assert {role: [p["lambda"] for p in points] for role, points in analogy["sweep_val"].items()} == {
-            "analogy": [0.0, 0.5], "noise": [0.0, 0.5]}
+            "analogy": [0.0, 1.0], "noise": [0.0, 1.0]}
         geometry = analogy["geometry"]
         assert geometry["task_norm"] > 0 and all(geometry[role]["norm"] > 0 for role in ("analogy", "noise"))
         assert all(-1 <= geometry[role]["lm_vector_cosine"] <= 1 for role in ("analogy", "noise"))

@@ -30,7 +30,8 @@ from lm_eval import LMScorer
 from lm_train import LMTraining, train
 from merging import merged
 
-SWEEP = (0.0, 0.5, 1.0, 1.5, 2.0)  # λ = 0 is the source model
+SWEEP = (0.0, 0.5, 1.0, 1.5, 2.0)  # λ = 0 is the source model; λ = 1 is also the verdict's row
+SMOKE_SWEEP = (0.0, 1.0)
 MIN_GAP = 0.05
 GOAL = 0.30
 NOISE_SEED = 1000  # added to the seed of the second source LM vector
@@ -162,14 +163,13 @@ def run(base: Path, cache: Path, seed: int, training: LMTraining, setting: Setti
 
     rows = {"base": scores(base), "source": scores(m["source"]), "oracle": scores(m["oracle"])}
     plus_of = {"analogy": m["lm_target"], "noise": m["lm_source_2"]}
-    for role, plus in plus_of.items():
-        with merged(analogy_recipe(base, m["source"], plus, m["lm_source"], 1.0), cache / "merges") as folder:
-            rows[role] = scores(folder)
     sweep = {role: [] for role in plus_of}
-    for lam in SWEEP[:2] if smoke else SWEEP:
-        for role, plus in plus_of.items():
+    for role, plus in plus_of.items():
+        for lam in SMOKE_SWEEP if smoke else SWEEP:
             with merged(analogy_recipe(base, m["source"], plus, m["lm_source"], lam), cache / "merges") as f:
                 sweep[role].append({"lambda": lam, "target_val": accuracy(f, s.target, "val")})
+                if lam == 1.0:  # the row the verdict reads: no target labels chose this λ
+                    rows[role] = scores(f)
     result = {"seed": seed, "source": s.source, "target": s.target, "labels": list(s.labels),
               "examples": {d: {split: len(r) for split, r in v.items()} for d, v in s.labelled.items()},
               "lm_texts": {d: len(t) for d, t in s.lm_text.items()}, "rows": rows,

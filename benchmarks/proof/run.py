@@ -6,6 +6,8 @@
                                                          # report
     python benchmarks/proof/run.py --parts addition --seeds 0 --check-cli
     python benchmarks/proof/run.py --parts chat_vector,negation,analogy,analogy_tweets --seeds 0,1,2
+    python benchmarks/proof/run.py --parts negation --seeds 1 --out /tmp/s1  # one more seed, then pool it:
+    python benchmarks/proof/run.py --merge /tmp/s1
     python benchmarks/proof/run.py --smoke --out /tmp/p  # CI: a few steps on tiny subsets; checks the pipeline only
 
 Results: benchmarks/proof/results/*.json and benchmarks/proof/REPORT.md (with plots). Models, cached scores and
@@ -49,7 +51,7 @@ def quiet_transformers() -> None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default=",".join(PARTS))
-    ap.add_argument("--seeds", default="0,1,2", help="training seeds of the addition experiment")
+    ap.add_argument("--seeds", default="0,1,2", help="training seeds (every part but interference)")
     ap.add_argument("--tuned-cached", action="store_true",
                     help="addition: add only the tuned rows (taskvec tune, AdaMerging) already computed")
     ap.add_argument("--tuned-rows", default="",
@@ -66,6 +68,9 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: every CPU; 1 is faster when other jobs share the CPUs)")
     ap.add_argument("--report-only", action="store_true", help="rewrite REPORT.md from the results JSON files")
+    ap.add_argument("--merge", type=Path, action="append", default=[], metavar="DIR",
+                    help="add the SmolLM2 parts' seeds from another run's --out DIR to this --out's results, then "
+                         "rewrite REPORT.md (runs nothing; repeatable)")
     args = ap.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up at once under make and in logs
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
@@ -84,7 +89,9 @@ def main(argv=None) -> None:
     if set(regimes) - set(REGIMES):
         ap.error(f"unknown regimes {sorted(set(regimes) - set(REGIMES))}; choose from {tuple(REGIMES)}")
     seeds = [int(s) for s in args.seeds.split(",")]
-    for part in [] if args.report_only else parts:
+    for other in args.merge:
+        merge_results(other / "results", results_dir)
+    for part in [] if args.report_only or args.merge else parts:
         start = time.time()
         print(f"== {part} ==", flush=True)
         result = run_part(part, cache, seeds, args.smoke, args.cli, args.out, regimes, args.check_cli,
@@ -96,6 +103,23 @@ def main(argv=None) -> None:
 
     report.write(results_dir, args.out / "REPORT.md")
     print(f"report: {args.out / 'REPORT.md'}")
+
+
+def merge_results(source: Path, results_dir: Path) -> None:
+    import seed_results
+
+    files = sorted(source.glob("*.json"))
+    if not files:
+        raise SystemExit(f"--merge: no results JSON in {source}; give the --out folder of a finished run")
+    for path in files:
+        target = results_dir / path.name
+        existing = json.loads(target.read_text()) if target.exists() else None
+        try:
+            merged = seed_results.merge(existing, json.loads(path.read_text()), f"{path} into {target}")
+        except ValueError as e:
+            raise SystemExit(f"--merge: {e}") from None
+        target.write_text(json.dumps(merged, indent=1))
+        print(f"merged {path} -> {target}: seeds {', '.join(merged.get('seeds', {}))}")
 
 
 def training(smoke: bool):

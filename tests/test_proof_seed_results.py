@@ -1,0 +1,80 @@
+"""Pooling seeds from separate runs of the proof suite: what is kept, what is refused, and the report that follows."""
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+PROOF = Path(__file__).resolve().parents[1] / "benchmarks" / "proof"
+sys.path.insert(0, str(PROOF))
+
+import seed_results  # noqa: E402
+
+MACHINE = {"platform": "Linux-a", "python": "3.11.7", "torch": "2.13.0+cpu", "cpus": 2, "threads": 2}
+
+
+def run(seeds: dict, seconds: float = 10.0, **changes) -> dict:
+    return {"seeds": seeds, "training": {"steps": 100, "lr": 1e-4}, "base": "smollm2-base-abc", "machine": MACHINE,
+            "seconds": seconds, "smoke": False, **changes}
+
+
+def test_seeds_pool_in_numeric_order_and_the_new_run_wins_a_shared_seed():
+    merged = seed_results.merge(run({"0": "old 0", "10": "old 10"}, 100.0), run({"2": "new 2", "0": "new 0"}, 5.5),
+                                "x.json")
+    assert merged["seeds"] == {"0": "new 0", "2": "new 2", "10": "old 10"}
+    assert list(merged["seeds"]) == ["0", "2", "10"]
+    assert merged["seconds"] == 105.5
+    assert merged["training"] == {"steps": 100, "lr": 1e-4}
+
+
+def test_nothing_to_merge_into_keeps_the_new_run():
+    new = run({"1": "r"})
+    assert seed_results.merge(None, new, "x.json") is new
+
+
+def test_a_different_kernel_still_pools():
+    other = {**MACHINE, "platform": "Linux-b"}
+    assert set(seed_results.merge(run({"0": 0}), run({"1": 1}, machine=other), "x.json")["seeds"]) == {"0", "1"}
+
+
+@pytest.mark.parametrize("change, field", [({"training": {"steps": 200, "lr": 1e-4}}, "'training'"),
+                                           ({"base": "smollm2-base-def"}, "'base'"),
+                                           ({"smoke": True}, "'smoke'"),
+                                           ({"machine": {**MACHINE, "cpus": 16}}, "'cpus'")])
+def test_runs_that_cannot_be_pooled_are_refused_by_name(change, field):
+    with pytest.raises(ValueError, match=field) as err:
+        seed_results.merge(run({"0": 0}), run({"1": 1}, **change), "results/negation.json")
+    assert "results/negation.json" in str(err.value)
+
+
+def test_results_without_seeds_are_refused():
+    with pytest.raises(ValueError, match="'seeds'"):
+        seed_results.merge({"rows": {}}, run({"1": 1}), "addition.json")
+
+
+def test_run_merge_pools_a_real_result_and_reports_both_seeds(tmp_path):
+    import run as proof_run
+
+    seed0 = json.loads((PROOF / "results" / "chat_vector.json").read_text())
+    seed1 = copy.deepcopy(seed0)
+    seed1["seeds"] = {"1": {**seed0["seeds"]["0"], "seed": 1}}
+    (tmp_path / "main" / "results").mkdir(parents=True)
+    (tmp_path / "s1" / "results").mkdir(parents=True)
+    (tmp_path / "main" / "results" / "chat_vector.json").write_text(json.dumps(seed0))
+    (tmp_path / "s1" / "results" / "chat_vector.json").write_text(json.dumps(seed1))
+
+    proof_run.main(["--merge", str(tmp_path / "s1"), "--out", str(tmp_path / "main")])
+
+    pooled = json.loads((tmp_path / "main" / "results" / "chat_vector.json").read_text())
+    assert list(pooled["seeds"]) == ["0", "1"]
+    assert pooled["seconds"] == pytest.approx(2 * seed0["seconds"])
+    assert "seeds 0, 1" in (tmp_path / "main" / "REPORT.md").read_text()
+
+
+def test_run_merge_of_an_empty_folder_says_what_to_give(tmp_path):
+    import run as proof_run
+
+    with pytest.raises(SystemExit, match="no results JSON"):
+        proof_run.main(["--merge", str(tmp_path), "--out", str(tmp_path / "out")])
