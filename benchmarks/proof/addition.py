@@ -29,6 +29,7 @@ from typing import Callable
 
 import yaml
 
+import memo
 from data import ADDITION_TASKS, Task
 from encoder import REGIMES, FineTuned, Training, finetune, train_probe
 from merging import merged, recipe
@@ -180,7 +181,8 @@ def write_tasks_file(setup: Setup, regime: str, seed: int, fts: dict[str, FineTu
     path = folder / "tasks.yaml"
     header = (f"# MiniLM addition benchmark, regime {regime}, seed {seed}: written by benchmarks/proof/run.py.\n"
               f"# reference = the fine-tuned model's test accuracy, so normalized = merged / fine-tuned.\n")
-    _write(path, header + yaml.safe_dump({"tasks": entries}, sort_keys=False, allow_unicode=True, width=1000))
+    body = yaml.safe_dump({"tasks": entries}, sort_keys=False, allow_unicode=True, width=1000)
+    memo.write_atomic(path, header + body)
     write_recipes(setup, folder / "recipes", fts, seed)
     return path
 
@@ -195,18 +197,12 @@ def write_recipes(setup: Setup, folder: Path, fts: dict[str, FineTuned], seed: i
     files = {slug(row): (m, c) for row, (m, c) in data_free(len(setup.tasks)).items()}
     files.update({f"search-{m}": (m, c) for m, c in searched.items()})
     for name, (method, config) in files.items():
-        _write(folder / f"{name}.yaml", (f"# dare_ties: taskvec merge --seed {seed}\n" if "dare" in method else "")
-               + recipe(method, base, [Path(m) for m in models], config))
+        header = f"# dare_ties: taskvec merge --seed {seed}\n" if "dare" in method else ""
+        memo.write_atomic(folder / f"{name}.yaml", header + recipe(method, base, [Path(m) for m in models], config))
 
 
 def slug(row: str) -> str:
     return "-".join("".join(c if c.isalnum() or c == "." else " " for c in row.replace("λ", "lambda")).split())
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def check_with_cli(setup: Setup, tasks_file: Path, fts: dict[str, FineTuned], ref: dict) -> dict:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+import memo
 from encoder import code_hash, digest, file_hash, library_versions, model_key
 from scoring import eval_code_hash
 
@@ -58,12 +59,7 @@ class LMScorer:
 
     def _write(self, filename: str, body: str) -> Path:
         path = self.data_dir / filename
-        if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(body, encoding="utf-8")
-            tmp.replace(path)
-        return path
+        return path if path.is_file() else memo.write_atomic(path, body)
 
     def write_yaml(self, name: str, data: dict) -> Path:
         """A YAML file (a tasks file for `taskvec eval` / `taskvec tune`), named by its content."""
@@ -75,21 +71,14 @@ class LMScorer:
     # ---- memo ----
     def _memo(self, model: Path, kind: str, keys: list[str], compute) -> list:
         """The stored results of `keys` for this model; compute(missing keys) -> their results, stored."""
-        path = self.memo_dir / f"{model_key(model)}.json"
-        memo = json.loads(path.read_text()) if path.is_file() else {}
-        full = [f"{kind}:{k}" for k in keys]
-        missing = [k for k, f in zip(keys, full) if f not in memo]
-        if missing:
+        def timed(missing: list[str]) -> list:
             start = time.perf_counter()
-            fresh = dict(zip((f"{kind}:{k}" for k in missing), compute(missing)))
+            results = compute([k.removeprefix(f"{kind}:") for k in missing])
             self.log(f"      scored {kind} ({len(missing)}) of {Path(model).name[:48]} in "
                      f"{time.perf_counter() - start:.1f} s")
-            memo = {**(json.loads(path.read_text()) if path.is_file() else {}), **fresh}
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps(memo, indent=1, sort_keys=True, ensure_ascii=False))
-            tmp.replace(path)
-        return [memo[f] for f in full]
+            return results
+
+        return memo.stored(self.memo_dir / f"{model_key(model)}.json", [f"{kind}:{k}" for k in keys], timed)
 
     # ---- scores ----
     def nll(self, model: Path, jobs: dict[str, Path]) -> dict[str, float]:

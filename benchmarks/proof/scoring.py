@@ -7,11 +7,11 @@ files, or the hash of in-memory weights plus the folder that completes them), th
 content, the evaluation settings and the source of taskvec's evaluator.
 """
 
-import json
 import time
 from functools import lru_cache
 from pathlib import Path
 
+import memo
 from data import Task, write_csv
 from encoder import digest, file_hash, library_versions, model_key, weights_key
 
@@ -59,22 +59,17 @@ class Scorer:
         from taskvec.evaluate import evaluate, parse_tasks
 
         model_id = self.model_identity(model, model_folder)
-        memo_path = self.memo_dir / f"{model_id}.json"
-        memo = json.loads(memo_path.read_text()) if memo_path.is_file() else {}
         keys = [self.job_key(model_id, t, s, h) for t, s, h in jobs]
-        todo = list({k: j for k, j in zip(keys, jobs) if k not in memo}.items())  # each distinct job once
-        if todo:
+        job_of = dict(zip(keys, jobs))
+
+        def score(missing: list[str]) -> list[float]:
             start = time.perf_counter()
-            entries = [self.entry(t, s, h, name=f"{i}:{t.name}/{s}") for i, (_, (t, s, h)) in enumerate(todo)]
+            entries = [self.entry(t, s, h, name=f"{i}:{t.name}/{s}")
+                       for i, (t, s, h) in enumerate(job_of[k] for k in missing)]
             results = evaluate(model, parse_tasks({"tasks": entries}, self.data_dir, "proof tasks"),
                                model_folder=model_folder)
-            for (k, _), r in zip(todo, results):
-                memo[k] = r.score
-            self.memo_dir.mkdir(parents=True, exist_ok=True)
-            tmp = memo_path.with_name(memo_path.name + ".tmp")
-            tmp.write_text(json.dumps(memo, indent=1, sort_keys=True))
-            tmp.replace(memo_path)
-            n = sum(r.examples for r in results)
-            self.log(f"      scored {what or model_id[:12]}: {len(todo)} task splits, {n} examples, "
-                     f"{time.perf_counter() - start:.1f} s")
-        return [memo[k] for k in keys]
+            self.log(f"      scored {what or model_id[:12]}: {len(missing)} task splits, "
+                     f"{sum(r.examples for r in results)} examples, {time.perf_counter() - start:.1f} s")
+            return [r.score for r in results]
+
+        return memo.stored(self.memo_dir / f"{model_id}.json", keys, score)
