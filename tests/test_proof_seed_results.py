@@ -57,7 +57,8 @@ def test_results_without_seeds_are_refused():
 def test_run_merge_pools_a_real_result_and_reports_both_seeds(tmp_path):
     import run as proof_run
 
-    seed0 = json.loads((PROOF / "results" / "chat_vector.json").read_text())
+    stored = json.loads((PROOF / "results" / "chat_vector.json").read_text())
+    seed0 = {**stored, "seeds": {"0": stored["seeds"]["0"]}}
     seed1 = copy.deepcopy(seed0)
     seed1["seeds"] = {"1": {**seed0["seeds"]["0"], "seed": 1}}
     (tmp_path / "main" / "results").mkdir(parents=True)
@@ -78,3 +79,25 @@ def test_run_merge_of_an_empty_folder_says_what_to_give(tmp_path):
 
     with pytest.raises(SystemExit, match="no results JSON"):
         proof_run.main(["--merge", str(tmp_path), "--out", str(tmp_path / "out")])
+
+
+def test_run_merge_checks_every_file_before_writing_and_skips_the_minilm_parts(tmp_path, capsys):
+    import run as proof_run
+
+    def write(folder: str, name: str, result: dict) -> Path:
+        path = tmp_path / folder / "results" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result))
+        return path
+
+    kept = write("main", "chat_vector.json", run({"0": {}}))
+    write("main", "negation.json", run({"0": {}}))
+    write("s1", "addition.json", {"rows": {}})
+    write("s1", "chat_vector.json", run({"1": {}}))
+    write("s1", "negation.json", run({"1": {}}, base="another base"))
+    before = kept.read_text()
+
+    with pytest.raises(SystemExit, match="negation.json.*'base' differs"):
+        proof_run.merge_results(tmp_path / "s1" / "results", tmp_path / "main" / "results")
+    assert kept.read_text() == before  # chat_vector.json would have pooled, but nothing was written
+    assert "skipped" in capsys.readouterr().out

@@ -33,7 +33,7 @@ ROOT = HERE.parents[1]
 
 import torch  # noqa: E402
 
-from report import PARTS  # noqa: E402
+from report import LM_PARTS, PARTS  # noqa: E402
 
 
 def machine() -> dict:
@@ -106,20 +106,27 @@ def main(argv=None) -> None:
 
 
 def merge_results(source: Path, results_dir: Path) -> None:
+    """Pools the SmolLM2 parts' seeds found in `source` into `results_dir`; checks every file before writing any."""
+    import memo
     import seed_results
 
     files = sorted(source.glob("*.json"))
     if not files:
         raise SystemExit(f"--merge: no results JSON in {source}; give the --out folder of a finished run")
+    pooled = {}
     for path in files:
+        if path.stem not in LM_PARTS:
+            print(f"--merge: skipped {path}: only the SmolLM2 parts' seeds pool ({', '.join(LM_PARTS)})")
+            continue
         target = results_dir / path.name
         existing = json.loads(target.read_text()) if target.exists() else None
         try:
-            merged = seed_results.merge(existing, json.loads(path.read_text()), f"{path} into {target}")
+            pooled[target] = seed_results.merge(existing, json.loads(path.read_text()), f"{path} into {target}")
         except ValueError as e:
             raise SystemExit(f"--merge: {e}") from None
-        target.write_text(json.dumps(merged, indent=1))
-        print(f"merged {path} -> {target}: seeds {', '.join(merged.get('seeds', {}))}")
+    for target, result in pooled.items():
+        memo.write_atomic(target, json.dumps(result, indent=1))
+        print(f"merged into {target}: seeds {', '.join(result['seeds'])}")
 
 
 def training(smoke: bool):
