@@ -20,13 +20,17 @@ def run(seeds: dict, seconds: float = 10.0, **changes) -> dict:
             "seconds": seconds, "smoke": False, **changes}
 
 
-def test_seeds_pool_in_numeric_order_and_the_new_run_wins_a_shared_seed():
-    merged = seed_results.merge(run({"0": "old 0", "10": "old 10"}, 100.0), run({"2": "new 2", "0": "new 0"}, 5.5),
-                                "x.json")
-    assert merged["seeds"] == {"0": "new 0", "2": "new 2", "10": "old 10"}
+def test_seeds_pool_in_numeric_order_and_seconds_add_up():
+    merged = seed_results.merge(run({"0": "r0", "10": "r10"}, 100.0), run({"2": "r2"}, 5.5), "x.json")
+    assert merged["seeds"] == {"0": "r0", "2": "r2", "10": "r10"}
     assert list(merged["seeds"]) == ["0", "2", "10"]
     assert merged["seconds"] == 105.5
     assert merged["training"] == {"steps": 100, "lr": 1e-4}
+
+
+def test_a_seed_in_both_runs_is_refused():
+    with pytest.raises(ValueError, match="seed 0, 10 is in both"):
+        seed_results.merge(run({"0": 0, "10": 10}), run({"10": 10, "0": 0, "2": 2}), "x.json")
 
 
 def test_nothing_to_merge_into_keeps_the_new_run():

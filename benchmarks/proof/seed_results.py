@@ -8,8 +8,8 @@ SAME_MACHINE = ("cpus", "threads", "python", "torch")
 
 
 def merge(existing: dict | None, new: dict, where: str) -> dict:
-    """`existing` with the seeds of `new` added (a seed in both takes `new`'s result); `seconds` add up. Raises
-    ValueError naming `where` and the field when the two runs cannot be pooled."""
+    """`existing` with the seeds of `new` added; `seconds` add up. Raises ValueError naming `where` and the field
+    when the two runs cannot be pooled, or a seed is in both."""
     if existing is None:
         return new
     if "seeds" not in existing or "seeds" not in new:
@@ -23,6 +23,10 @@ def merge(existing: dict | None, new: dict, where: str) -> dict:
         if machines[0].get(key) != machines[1].get(key):
             raise ValueError(f"{where}: the runs' machines differ in '{key}' ({machines[0].get(key)!r} and "
                              f"{machines[1].get(key)!r}); their timings would not add up to one machine's")
+    twice = sorted(set(existing["seeds"]) & set(new["seeds"]), key=int)
+    if twice:
+        raise ValueError(f"{where}: seed {', '.join(twice)} is in both; pool each seed once (to replace a seed, take "
+                         "it out of the results first, so that `seconds` counts only the runs kept)")
     seeds = {**existing["seeds"], **new["seeds"]}
     return {**existing, "seeds": dict(sorted(seeds.items(), key=lambda kv: int(kv[0]))),
             "seconds": round(existing.get("seconds", 0) + new.get("seconds", 0), 1)}
