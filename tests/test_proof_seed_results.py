@@ -38,8 +38,8 @@ def test_nothing_to_merge_into_keeps_the_new_run():
     assert seed_results.merge(None, new, "x.json") is new
 
 
-def test_a_different_kernel_still_pools():
-    other = {**MACHINE, "platform": "Linux-b"}
+def test_another_kernel_or_thread_count_still_pools():
+    other = {**MACHINE, "platform": "Linux-b", "threads": 1}
     assert set(seed_results.merge(run({"0": 0}), run({"1": 1}, machine=other), "x.json")["seeds"]) == {"0", "1"}
 
 
