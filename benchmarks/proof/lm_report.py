@@ -66,11 +66,13 @@ def plot(path: Path, panels: list[tuple[str, str, dict[str, list[tuple[float, fl
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
     for ax, (title, ylabel, curves) in zip([axes] if len(panels) == 1 else axes, panels):
+        seeds = 1
         for label, points in curves.items():
             xs = sorted({x for x, _ in points})
             ys = [statistics.fmean(y for x2, y in points if x2 == x) for x in xs]
+            seeds = max(seeds, *(sum(x2 == x for x2, _ in points) for x in xs))
             ax.plot(xs, ys, marker="o", label=label)
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title + (f" (mean of {seeds} seeds)" if seeds > 1 else ""), fontsize=10)
         ax.set_xlabel("λ")
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=8)
