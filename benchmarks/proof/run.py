@@ -33,6 +33,7 @@ ROOT = HERE.parents[1]
 
 import torch  # noqa: E402
 
+import memo  # noqa: E402
 from report import LM_PARTS, PARTS  # noqa: E402
 
 
@@ -97,7 +98,7 @@ def main(argv=None) -> None:
         result = run_part(part, cache, seeds, args.smoke, args.cli, args.out, regimes, args.check_cli,
                           args.tuned_cached, [w for w in args.tuned_rows.split(",") if w])
         result.update(machine=machine(), seconds=round(time.time() - start, 1), smoke=args.smoke)
-        (results_dir / f"{part}.json").write_text(json.dumps(result, indent=1))
+        memo.write_atomic(results_dir / f"{part}.json", json.dumps(result, indent=1))
         print(f"   {part}: {time.time() - start:.0f} s", flush=True)
     import report
 
@@ -107,7 +108,6 @@ def main(argv=None) -> None:
 
 def merge_results(source: Path, results_dir: Path) -> None:
     """Pools the SmolLM2 parts' seeds found in `source` into `results_dir`; checks every file before writing any."""
-    import memo
     import seed_results
 
     files = sorted(source.glob("*.json"))

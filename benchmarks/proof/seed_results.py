@@ -22,7 +22,8 @@ def merge(existing: dict | None, new: dict, where: str) -> dict:
     for key in SAME_MACHINE:
         if machines[0].get(key) != machines[1].get(key):
             raise ValueError(f"{where}: the runs' machines differ in '{key}' ({machines[0].get(key)!r} and "
-                             f"{machines[1].get(key)!r}); pool runs from one set-up, so that numbers and timings stay comparable")
+                             f"{machines[1].get(key)!r}); pool runs from one set-up, so that numbers and timings "
+                             "stay comparable")
     twice = sorted(set(existing["seeds"]) & set(new["seeds"]), key=int)
     if twice:
         raise ValueError(f"{where}: seed {', '.join(twice)} is in both; pool each seed once (to replace a seed, take "
