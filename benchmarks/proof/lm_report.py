@@ -72,7 +72,7 @@ def plot(path: Path, panels: list[tuple[str, str, dict[str, list[tuple[float, fl
             ys = [statistics.fmean(y for x2, y in points if x2 == x) for x in xs]
             seeds = max(seeds, *(sum(x2 == x for x2, _ in points) for x in xs))
             ax.plot(xs, ys, marker="o", label=label)
-        ax.set_title(title + (f"\n(mean of {seeds} seeds)" if seeds > 1 else ""), fontsize=10)  # own line: fits the panel
+        ax.set_title(title + (f"\n(mean of {seeds} seeds)" if seeds > 1 else ""), fontsize=10)  # fits the panel
         ax.set_xlabel("λ")
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=8)
